@@ -1,0 +1,81 @@
+"""pyica: image complexity assessment in PyTorch.
+
+The public API is small::
+
+    import pyica
+    pyica.list_models()                              # every registered scorer
+    metric = pyica.create_metric()                   # the default model, as a callable
+    metric("photo.jpg")                              # -> float, higher = more complex
+    for record in pyica.score(["photos/"]):          # batch scoring with DataLoader workers
+        print(record.path, record.score, record.error)
+    pyica.evaluate(predictions, human_scores)        # SRCC, PLCC, KRCC, RMSE, ...
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from .loading import ImageLoadError, load_image
+from .registry import DEFAULT_MODEL, create_model, list_models, model_info
+from .version import __version__
+
+__all__ = [
+    "__version__",
+    "DEFAULT_MODEL",
+    "ImageLoadError",
+    "create_metric",
+    "create_model",
+    "evaluate",
+    "list_models",
+    "load_dataset",
+    "load_image",
+    "model_info",
+    "score",
+]
+
+
+def create_metric(name: str = DEFAULT_MODEL, device: str | None = "auto", **kwargs: Any):
+    """A :class:`~pyica.metric.ComplexityMetric` for model ``name``: call it on paths, images, arrays or tensors."""
+    from .metric import ComplexityMetric
+
+    return ComplexityMetric(create_model(name, device=device, **kwargs), name)
+
+
+def score(
+    inputs: str | Iterable[str],
+    model: str = DEFAULT_MODEL,
+    *,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    device: str | None = "auto",
+    recursive: bool = True,
+    progress: bool = False,
+) -> Iterator:
+    """Score files, folders and CSV manifests; yields one ``ScoreRecord(path, model, score, error)`` per image.
+
+    A file that cannot be read yields a record with ``score=None`` and the reason in ``error``.
+    """
+    from .metric import as_path_list
+    from .scoring import iter_image_paths, score_paths
+
+    scorer = create_model(model, device=device)
+    paths = list(iter_image_paths(as_path_list(inputs), recursive=recursive))
+    return score_paths(paths, scorer, batch_size=batch_size, num_workers=num_workers, progress=progress, model_name=model)
+
+
+def evaluate(pred, target, categories=None, fit: str | None = None) -> dict:
+    """SRCC, PLCC, KRCC, RMSE, MAE and both RMAE definitions of ``pred`` against ``target``.
+
+    With ``categories``, per-category metrics and their mean and variance are added.
+    ``fit="logistic4"`` fits a 4-parameter logistic before PLCC/RMSE/MAE.
+    """
+    from .metrics import evaluate as _evaluate
+
+    return _evaluate(pred, target, categories=categories, fit=fit)
+
+
+def load_dataset(name_or_path: str, root: str | None = None):
+    """A :class:`~pyica.data.dataset.ComplexityDataset` by name (``savoias``, ``ic9600``, ``visc-c``) or path."""
+    from .data.loaders import load_dataset as _load_dataset
+
+    return _load_dataset(name_or_path, root=root)
