@@ -1,0 +1,277 @@
+"""The ``pyica`` command: list, info, score, eval, validate-data.
+
+Data goes to stdout or the named output files; progress and log messages go to stderr.
+Exit codes: 0 success, 1 error, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger("pyica")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .registry import DEFAULT_MODEL
+
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help=f"registered model name (see `pyica list`; default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto",
+                   help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps' (default: auto)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes that decode and preprocess images "
+                        "(default: one per spare CPU core, at most 8; 0 = load in the main process)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="autocast precision for learned models on GPU (default: fp32)")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="reject images whose header announces more pixels than this, before decoding "
+                        "(decompression-bomb guard; default 100,000,000 or $PYICA_MAX_PIXELS)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pyica",
+        description="Image complexity assessment: score images, evaluate predictions against human scores.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyica {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("list", help="list registered models")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'compression*'")
+    p.add_argument("--kind", choices=("classic", "learned"), help="only models of this kind")
+    p.add_argument("--json", action="store_true", help="print JSON (name, kind, description) instead of a table")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="show what a model is: kind, score range and direction, reference, card")
+    p.add_argument("name", help="registered model name")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "score",
+        help="score image files, folders (recursively) or CSV manifests",
+        description="Scores every input image and writes one row per image: path, model, score, error. "
+                    "Unreadable files get an error row and the run continues. With -o, rows are written "
+                    "to OUT.part while running, renamed to OUT at the end, and a metadata sidecar "
+                    "OUT.meta.json records versions, device, counts and speed.",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders, or .csv manifests with an 'image'/'path' column")
+    _add_model_args(p)
+    p.add_argument("-o", "--output", help="output file (.csv or .jsonl); default: CSV to stdout")
+    p.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from the extension, else csv)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an earlier run into the same output, skipping inputs it already has")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "eval",
+        help="metrics of a predictions file against a manifest, or of a model on a dataset under a protocol",
+        description="Two modes. (1) --pred FILE with --dataset: join predictions to human scores by path "
+                    "and compute metrics. (2) -m MODEL with --dataset: run the model under --protocol "
+                    "and report metrics per split. Prints a table; -o writes a tidy results CSV "
+                    "(one row per split and category, one metric per column); --plot writes a scatter PNG.",
+    )
+    p.add_argument("--pred", help="predictions file written by `pyica score` (CSV or JSONL)")
+    p.add_argument("--dataset", required=True,
+                   help="dataset name (savoias, ic9600, visc-c) with --root, or a manifest CSV / folder path")
+    p.add_argument("--root", help="dataset folder for named datasets")
+    _add_model_args(p)
+    p.add_argument("--protocol", choices=("all", "official", "random", "loco"), default="all",
+                   help="all: the whole dataset as test set; official: the dataset's own train/test split; "
+                        "random: --splits seeded random train:test splits (stratified by category, duplicate "
+                        "groups kept together); loco: leave one category out (default: all)")
+    p.add_argument("--splits", type=int, default=10, help="number of random splits (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first random split (default: 0)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="test part of random splits (default: 0.2)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="validation part carved from each training part, for models that are trained (default: 0.1)")
+    p.add_argument("--test-dataset",
+                   help="cross-dataset protocol: train (when the model trains) on --dataset, test on this dataset")
+    p.add_argument("--test-root", help="folder of --test-dataset")
+    p.add_argument("--fit", choices=("none", "logistic4"), default="none",
+                   help="fit a 4-parameter logistic before PLCC/RMSE/MAE (default: none, as the ICA papers)")
+    p.add_argument("-o", "--output", help="tidy results CSV to write (appends rows if it exists)")
+    p.add_argument("--plot", help="scatter plot PNG of predictions vs human scores (test parts, first split)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("validate-data", help="check a dataset: missing/unreadable files, score ranges, split counts")
+    p.add_argument("dataset", help="dataset name (with --root), manifest CSV, or folder")
+    p.add_argument("--root", help="dataset folder for named datasets")
+    p.add_argument("--no-images", dest="check_images", action="store_false",
+                   help="only check that files exist; do not decode them")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def cmd_list(args) -> int:
+    from .registry import DEFAULT_MODEL, get_entry, list_models
+
+    names = list_models(args.pattern, kind=args.kind)
+    if args.json:
+        print(json.dumps([{"name": n, "kind": get_entry(n).kind, "description": get_entry(n).description}
+                          for n in names], indent=2))
+        return 0
+    width = max((len(n) for n in names), default=4) + 2
+    for n in names:
+        entry = get_entry(n)
+        mark = " (default)" if n == DEFAULT_MODEL else ""
+        print(f"{n:<{width}}{entry.kind:<9}{entry.description}{mark}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .registry import model_info
+
+    print(json.dumps(model_info(args.name), indent=2))
+    return 0
+
+
+def _environment(device) -> dict:
+    import torch
+
+    from .version import __version__
+
+    return {
+        "pyica_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else None,
+    }
+
+
+def cmd_score(args) -> int:
+    from .registry import create_model, model_info
+    from .scoring import iter_image_paths, score_paths
+    from .writers import ScoreWriter, write_json_atomic
+
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    model = create_model(args.model, device=args.device)
+    writer = ScoreWriter(args.output, args.format, resume=args.resume, overwrite=args.overwrite)
+    all_paths = list(iter_image_paths(args.inputs, recursive=args.recursive))
+    paths = [p for p in all_paths if p not in writer.done]
+    skipped = len(all_paths) - len(paths)
+    if skipped and not args.quiet:
+        log.info("resuming: %d of %d inputs already in %s", skipped, len(all_paths), args.output)
+    n_scored = n_errors = 0
+    finished = False
+    t_model = time.perf_counter()
+    try:
+        batch: list = []
+        for record in score_paths(paths, model, batch_size=args.batch_size, num_workers=args.workers,
+                                  precision=args.precision, max_pixels=args.max_pixels,
+                                  progress=not args.quiet, model_name=args.model):
+            batch.append(record)
+            if record.error:
+                n_errors += 1
+            else:
+                n_scored += 1
+            if len(batch) >= args.batch_size:
+                writer.write(batch)
+                batch = []
+        writer.write(batch)
+        finished = True
+    finally:
+        writer.close(finished=finished)
+    seconds = time.perf_counter() - t0
+    scoring_seconds = time.perf_counter() - t_model
+    meta = {
+        "command": " ".join(["pyica", *args.argv]),
+        "model": args.model,
+        "model_info": model_info(args.model),
+        **_environment(model.device),
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "inputs": len(all_paths),
+        "skipped_already_done": skipped,
+        "scored": n_scored,
+        "errors": n_errors,
+        "seconds_total": round(seconds, 3),
+        "seconds_scoring": round(scoring_seconds, 3),
+        "images_per_second": round(len(paths) / scoring_seconds, 3) if scoring_seconds > 0 and paths else None,
+        "started_utc": started.isoformat(timespec="seconds"),
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if args.output:
+        write_json_atomic(Path(args.output).with_name(Path(args.output).name + ".meta.json"), meta)
+    if not args.quiet:
+        rate = f", {meta['images_per_second']:.1f} images/s" if meta["images_per_second"] else ""
+        print(f"pyica: {n_scored} scored, {n_errors} errors, {skipped} already done, {seconds:.1f} s{rate}"
+              + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import evaluation
+
+    fit = None if args.fit == "none" else args.fit
+    if args.pred:
+        rows, pred, target, categories = evaluation.evaluate_predictions_file(
+            args.pred, args.dataset, root=args.root, fit=fit)
+        plot_data = (pred, target, categories)
+    else:
+        result = evaluation.run_protocol(
+            args.model, args.dataset, root=args.root, protocol=args.protocol, n_splits=args.splits,
+            seed=args.seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
+            test_dataset=args.test_dataset, test_root=args.test_root, fit=fit, device=args.device,
+            batch_size=args.batch_size, num_workers=args.workers, precision=args.precision,
+            max_pixels=args.max_pixels, progress=not args.quiet)
+        rows = result.rows
+        plot_data = result.first_split_predictions
+    print(evaluation.format_rows(rows))
+    if args.output:
+        evaluation.write_rows(rows, args.output)
+        print(f"pyica: results -> {args.output}", file=sys.stderr)
+    if args.plot:
+        evaluation.plot(plot_data, args.plot, title=f"{args.model if not args.pred else Path(args.pred).name}", fit=fit)
+        print(f"pyica: scatter plot -> {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .data.loaders import load_dataset
+    from .data.validate import format_validation_report, validate_dataset
+
+    ds = load_dataset(args.dataset, root=args.root)
+    report = validate_dataset(ds, check_images=args.check_images)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_validation_report(report))
+    problems = len(report.get("missing", [])) + len(report.get("unreadable", []))
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="pyica: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("pyica: interrupted", file=sys.stderr)
+        return 130
+    except (FileExistsError, FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"pyica: error: {message}", file=sys.stderr)
+        return 1

@@ -1,0 +1,213 @@
+"""Evaluation protocols: which images a model is tested on, and the tidy rows that report it.
+
+Protocols (``run_protocol``):
+
+* ``all``: the whole dataset is the test set (for models that are not trained on it).
+* ``official``: the dataset's own train/test split (IC9600's ``train.txt``/``test.txt``).
+* ``random``: ``n_splits`` seeded random train:test splits, stratified by category, duplicate groups
+  on one side, with a validation part carved from each training part for model selection.
+* ``loco``: leave one category out (train on the others, test on it): the cross-domain protocol
+  when only one dataset is at hand.
+* cross-dataset: ``test_dataset`` given: train on the whole of ``dataset``, test on the other.
+
+A model that can be trained has a method ``fit_dataset(train, val)`` (train and val are
+:class:`~pyica.data.dataset.ComplexityDataset`); it is refit on every split's training part. Any
+other model is scored once on every image and each split reads its test part from those scores.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data.dataset import ComplexityDataset
+from .data.loaders import load_dataset
+from .data.splits import Split, leave_one_category_out, official_split, repeated_random_splits
+from .metrics import evaluate
+from .registry import create_model
+from .reports import format_table, results_rows, scatter_plot, summarise, write_results_csv
+from .scoring import score_paths
+from .version import __version__
+from .writers import read_scores
+
+__all__ = ["EvaluationResult", "run_protocol", "predict_dataset", "evaluate_predictions_file", "metric_rows",
+           "split_rows", "make_splits"]
+
+PROTOCOLS = ("all", "official", "random", "loco")
+
+
+@dataclass
+class EvaluationResult:
+    rows: list[dict]
+    #: (pred, target, categories) of the first split's test part, for a scatter plot
+    first_split_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def predict_dataset(model, ds: ComplexityDataset, *, batch_size=32, num_workers=None, precision="fp32",
+                    max_pixels=None, progress=False) -> tuple[np.ndarray, dict[str, str]]:
+    """Scores of every image of ``ds`` (``nan`` where loading failed) and ``{path: error}``."""
+    paths = ds.full_paths()
+    scores = np.full(len(paths), np.nan)
+    errors: dict[str, str] = {}
+    for i, record in enumerate(score_paths(paths, model, batch_size=batch_size, num_workers=num_workers,
+                                           precision=precision, max_pixels=max_pixels, progress=progress)):
+        if record.error:
+            errors[record.path] = record.error
+        else:
+            scores[i] = record.score
+    return scores, errors
+
+
+def metric_rows(pred, target, categories, *, fit=None, per_category_scale=False, model, dataset, protocol, split,
+                **extra) -> list[dict]:
+    """Tidy rows for one test set: ``pooled``, and with several categories one per category plus ``category_mean``.
+
+    With ``per_category_scale`` (SAVOIAS) a ``fit`` is estimated inside each category, since scores
+    of different categories are not on one scale.
+    """
+    categories = np.asarray(categories, dtype=str) if categories is not None else None
+    has_categories = categories is not None and len(set(categories.tolist()) - {""}) > 1
+    result = evaluate(pred, target, categories=categories if has_categories else None, fit=fit,
+                      fit_per_category=bool(per_category_scale and has_categories))
+    return results_rows(result, model=model, dataset=dataset, protocol=protocol, split=split, **extra)
+
+
+def split_rows(pred_all: np.ndarray, ds: ComplexityDataset, splits: list[Split], *, model: str, protocol: str,
+               fit=None, **extra) -> list[dict]:
+    """Rows of every split's test part, for a model whose scores on all of ``ds`` are already known."""
+    rows: list[dict] = []
+    for split in splits:
+        test = ds.subset(split.test)
+        rows.extend(metric_rows(pred_all[split.test], test.scores, test.categories, fit=fit,
+                                per_category_scale=ds.per_category_scale, model=model, dataset=ds.name,
+                                protocol=protocol, split=split.name, **extra))
+    return rows
+
+
+def make_splits(ds: ComplexityDataset, protocol: str, n_splits: int, seed: int, test_fraction: float,
+            val_fraction: float) -> list[Split]:
+    if protocol == "all":
+        return [Split("all", np.array([], int), np.array([], int), np.arange(len(ds)))]
+    if protocol == "official":
+        return [official_split(ds, val_fraction=val_fraction, seed=seed)]
+    if protocol == "random":
+        return repeated_random_splits(ds, n_splits=n_splits, seed=seed, test_fraction=test_fraction,
+                                      val_fraction=val_fraction)
+    if protocol == "loco":
+        return leave_one_category_out(ds, val_fraction=val_fraction, seed=seed)
+    raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+
+
+def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None, protocol="all", n_splits=10,
+                 seed=0, test_fraction=0.2, val_fraction=0.1, test_dataset=None, test_root=None, fit=None,
+                 device="auto", batch_size=32, num_workers=None, precision="fp32", max_pixels=None,
+                 progress=False, model_kwargs=None) -> EvaluationResult:
+    """Evaluate ``model_name`` on ``dataset`` under ``protocol`` (see the module doc)."""
+    ds = dataset if isinstance(dataset, ComplexityDataset) else load_dataset(dataset, root=root)
+    if not ds.labelled:
+        raise ValueError(f"dataset {ds.name!r} has no human scores to evaluate against")
+    model = create_model(model_name, device=device, **(model_kwargs or {}))
+    trainable = callable(getattr(model, "fit_dataset", None))
+    score_kw = dict(batch_size=batch_size, num_workers=num_workers, precision=precision,
+                    max_pixels=max_pixels, progress=progress)
+    rows: list[dict] = []
+    first = None
+    errors: dict[str, str] = {}
+
+    if test_dataset is not None:
+        test_ds = test_dataset if isinstance(test_dataset, ComplexityDataset) else load_dataset(test_dataset, root=test_root)
+        t0 = time.perf_counter()
+        if trainable:
+            model.fit_dataset(ds, None)
+        pred, errors = predict_dataset(model, test_ds, **score_kw)
+        rows = metric_rows(pred, test_ds.scores, test_ds.categories, fit=fit,
+                           per_category_scale=test_ds.per_category_scale, model=model_name,
+                           dataset=f"{ds.name}->{test_ds.name}", protocol="cross", split="all")
+        _stamp(rows, time.perf_counter() - t0, errors)
+        return EvaluationResult(rows, (pred, test_ds.scores, test_ds.categories), errors)
+
+    splits = make_splits(ds, protocol, n_splits, seed, test_fraction, val_fraction)
+    if not trainable:
+        t0 = time.perf_counter()
+        pred_all, errors = predict_dataset(model, ds, **score_kw)
+        rows = split_rows(pred_all, ds, splits, model=model_name, protocol=protocol, fit=fit)
+        _stamp(rows, time.perf_counter() - t0, errors)
+        first_test = splits[0].test
+        return EvaluationResult(rows, (pred_all[first_test], ds.scores[first_test], ds.categories[first_test]), errors)
+    for split in splits:
+        t0 = time.perf_counter()
+        model.fit_dataset(ds.subset(split.train), ds.subset(split.val) if len(split.val) else None)
+        test = ds.subset(split.test)
+        pred, split_errors = predict_dataset(model, test, **score_kw)
+        errors.update(split_errors)
+        split_result = metric_rows(pred, test.scores, test.categories, fit=fit,
+                                   per_category_scale=ds.per_category_scale, model=model_name, dataset=ds.name,
+                                   protocol=protocol, split=split.name)
+        _stamp(split_result, time.perf_counter() - t0, split_errors)
+        rows.extend(split_result)
+        if first is None:
+            first = (pred, test.scores, test.categories)
+    return EvaluationResult(rows, first, errors)
+
+
+def _stamp(rows: list[dict], seconds: float, errors: dict) -> None:
+    for row in rows:
+        row.update(load_errors=len(errors), seconds=round(seconds, 3), pyica_version=__version__)
+
+
+def evaluate_predictions_file(pred_path, dataset, root=None, fit=None):
+    """Join a `pyica score` output to a dataset's human scores by image path and compute metrics.
+
+    Returns ``(rows, pred, target, categories)``. Paths match when they resolve to the same file
+    or, failing that, when one ends with the other (predictions made with other roots).
+    """
+    ds = dataset if isinstance(dataset, ComplexityDataset) else load_dataset(dataset, root=root)
+    predictions = {}
+    for row in read_scores(pred_path):
+        if row.get("score") is not None:
+            predictions[str(Path(row["path"]).resolve())] = float(row["score"])
+    by_suffix = {}
+    for key, value in predictions.items():
+        by_suffix.setdefault(Path(key).name, []).append((key, value))
+    pred = np.full(len(ds), np.nan)
+    for i in range(len(ds)):
+        full = str(ds.full_path(i).resolve())
+        if full in predictions:
+            pred[i] = predictions[full]
+            continue
+        rel = Path(ds.paths[i]).as_posix()
+        matches = [v for k, v in by_suffix.get(Path(rel).name, []) if Path(k).as_posix().endswith("/" + rel)]
+        if len(matches) == 1:
+            pred[i] = matches[0]
+    matched = int(np.isfinite(pred).sum())
+    if matched == 0:
+        raise ValueError(f"{pred_path}: no prediction path matches an image of dataset {ds.name!r}")
+    rows = metric_rows(pred, ds.scores, ds.categories, fit=fit, per_category_scale=ds.per_category_scale,
+                       model=Path(pred_path).name, dataset=ds.name, protocol="predictions", split="all",
+                       unmatched=len(ds) - matched, pyica_version=__version__)
+    return rows, pred, ds.scores, ds.categories
+
+
+TABLE_COLUMNS = ("model", "dataset", "protocol", "split", "category", "n", "srcc", "plcc", "krcc", "rmse")
+SUMMARY_COLUMNS = ("model", "dataset", "protocol", "category", "n_splits", "srcc_mean", "srcc_std", "plcc_mean",
+                   "plcc_std", "krcc_mean", "rmse_mean")
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A terminal table: every row for one split, mean and std over splits when there are several."""
+    if len({r.get("split") for r in rows}) > 1:
+        return format_table(summarise(rows), columns=list(SUMMARY_COLUMNS))
+    return format_table(rows, columns=[c for c in TABLE_COLUMNS if any(c in r for r in rows)])
+
+
+def write_rows(rows: list[dict], path) -> None:
+    write_results_csv(rows, path, append=Path(path).exists())
+
+
+def plot(data, path, title=None, fit=None) -> None:
+    pred, target, categories = data
+    scatter_plot(pred, target, path, categories=categories, title=title, fit=fit)
