@@ -28,7 +28,7 @@ from common import RESULTS, default_savoias_root, machine_description, update_re
 
 import pyica  # noqa: E402
 from pyica.data import load_dataset  # noqa: E402
-from pyica.evaluation import make_splits, predict_dataset, run_protocol, split_rows  # noqa: E402
+from pyica.evaluation import make_splits, predict_dataset, run_protocol, split_rows, stamp_rows  # noqa: E402
 from pyica.registry import create_model  # noqa: E402
 from pyica.reports import format_markdown_table, format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
 
@@ -61,8 +61,7 @@ def evaluate_model(name: str, ds, args) -> list[dict]:
     for protocol in ("all", "random"):
         splits = make_splits(ds, protocol, args.splits, args.seed, 0.2, 0.1)
         rows += split_rows(pred, ds, splits, model=name, protocol=protocol)
-    for row in rows:
-        row.update(load_errors=len(errors), seconds=round(seconds, 3), pyica_version=pyica.__version__)
+    stamp_rows(rows, seconds, errors)
     return rows
 
 

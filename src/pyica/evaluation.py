@@ -34,7 +34,7 @@ from .version import __version__
 from .writers import read_scores
 
 __all__ = ["EvaluationResult", "run_protocol", "predict_dataset", "evaluate_predictions_file", "metric_rows",
-           "split_rows", "make_splits"]
+           "split_rows", "make_splits", "stamp_rows"]
 
 PROTOCOLS = ("all", "official", "random", "loco")
 
@@ -127,7 +127,7 @@ def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None
         rows = metric_rows(pred, test_ds.scores, test_ds.categories, fit=fit,
                            per_category_scale=test_ds.per_category_scale, model=model_name,
                            dataset=f"{ds.name}->{test_ds.name}", protocol="cross", split="all")
-        _stamp(rows, time.perf_counter() - t0, errors)
+        stamp_rows(rows, time.perf_counter() - t0, errors)
         return EvaluationResult(rows, (pred, test_ds.scores, test_ds.categories), errors)
 
     splits = make_splits(ds, protocol, n_splits, seed, test_fraction, val_fraction)
@@ -135,7 +135,7 @@ def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None
         t0 = time.perf_counter()
         pred_all, errors = predict_dataset(model, ds, **score_kw)
         rows = split_rows(pred_all, ds, splits, model=model_name, protocol=protocol, fit=fit)
-        _stamp(rows, time.perf_counter() - t0, errors)
+        stamp_rows(rows, time.perf_counter() - t0, errors)
         first_test = splits[0].test
         return EvaluationResult(rows, (pred_all[first_test], ds.scores[first_test], ds.categories[first_test]), errors)
     for split in splits:
@@ -147,14 +147,15 @@ def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None
         split_result = metric_rows(pred, test.scores, test.categories, fit=fit,
                                    per_category_scale=ds.per_category_scale, model=model_name, dataset=ds.name,
                                    protocol=protocol, split=split.name)
-        _stamp(split_result, time.perf_counter() - t0, split_errors)
+        stamp_rows(split_result, time.perf_counter() - t0, split_errors)
         rows.extend(split_result)
         if first is None:
             first = (pred, test.scores, test.categories)
     return EvaluationResult(rows, first, errors)
 
 
-def _stamp(rows: list[dict], seconds: float, errors: dict) -> None:
+def stamp_rows(rows: list[dict], seconds: float, errors: dict) -> None:
+    """Add the load-error count, wall time and pyica version to every row (in place)."""
     for row in rows:
         row.update(load_errors=len(errors), seconds=round(seconds, 3), pyica_version=__version__)
 
