@@ -13,12 +13,12 @@ import contextlib
 import csv
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .writers import replace_atomically
 from .metrics import METRIC_NAMES, FittedMapping, fit_logistic4, plcc, srcc
 
 __all__ = [
@@ -85,24 +85,6 @@ def _column_order(rows: Iterable[dict], leading: Sequence[str] = ()) -> list[str
     return list(seen)
 
 
-def _replace_atomically(path: Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
-    """Call ``write(temp_path)`` on a temporary file next to ``path``, then move it over ``path``.
-
-    Readers see the old file or the new one, never a half-written one, and a failure leaves
-    ``path`` as it was.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 def write_results_csv(rows: Iterable[dict], path: str | os.PathLike, append: bool = False) -> None:
     """Write results ``rows`` to a CSV file at ``path``, atomically.
 
@@ -131,7 +113,7 @@ def write_results_csv(rows: Iterable[dict], path: str | os.PathLike, append: boo
             f.flush()
             os.fsync(f.fileno())
 
-    _replace_atomically(path, write)
+    replace_atomically(path, write)
 
 
 def _to_number(text: str) -> int | float | str:
@@ -314,5 +296,5 @@ def scatter_plot(pred, target, path: str | os.PathLike, categories=None, title: 
         axes.set_title(title)
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    _replace_atomically(Path(path), lambda temp: figure.savefig(temp, format="png"), suffix=".png")
+    replace_atomically(Path(path), lambda temp: figure.savefig(temp, format="png"), suffix=".png")
 

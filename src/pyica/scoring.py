@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .loading import ImageLoadError, image_extensions, load_image
 from .runtime import default_num_workers
 
-__all__ = ["ScoreRecord", "iter_image_paths", "score_paths", "PRECISIONS"]
+__all__ = ["ScoreRecord", "iter_image_paths", "iter_batches", "score_paths", "PRECISIONS"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -126,6 +126,35 @@ class _CollateWithErrors:
         return [i for i, _ in good], batch, errors
 
 
+def iter_batches(
+    paths: Sequence[str],
+    transform: Callable,
+    collate: Callable,
+    *,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    max_pixels: int | None = None,
+    pin_memory: bool = False,
+) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
+    """Load and preprocess ``paths`` in DataLoader workers, in order.
+
+    Yields ``(indices, batch, errors)`` per batch: the positions of the good images, their collated
+    batch (``None`` when none loaded) and ``(position, message)`` for each file that failed.
+    Shared by scoring and by feature extraction for training, so both read images the same way.
+    """
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = DataLoader(
+        _ImageFiles(paths, transform, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_CollateWithErrors(collate),
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    yield from loader
+
+
 def score_paths(
     paths: Sequence[str],
     model,
@@ -141,17 +170,9 @@ def score_paths(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     name = model_name or getattr(model, "name", type(model).__name__)
-    workers = default_num_workers() if num_workers is None else num_workers
     device = model.device
-    loader = DataLoader(
-        _ImageFiles(paths, model.transform, max_pixels),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_CollateWithErrors(model.collate),
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-    )
+    batches = iter_batches(paths, model.transform, model.collate, batch_size=batch_size, num_workers=num_workers,
+                           max_pixels=max_pixels, pin_memory=device.type == "cuda")
     dtype = PRECISIONS[precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=dtype)
@@ -160,7 +181,7 @@ def score_paths(
     )
     bar = _progress_bar(len(paths), progress)
     try:
-        for indices, batch, errors in loader:
+        for indices, batch, errors in batches:
             records: dict[int, ScoreRecord] = {i: ScoreRecord(paths[i], name, None, err) for i, err in errors}
             if indices:
                 with autocast:

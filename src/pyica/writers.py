@@ -15,9 +15,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-__all__ = ["ScoreWriter", "read_scores", "write_json_atomic", "infer_format", "FORMATS", "SCORE_COLUMNS"]
+__all__ = ["ScoreWriter", "read_scores", "write_json_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS"]
 
 FORMATS = ("csv", "jsonl")
 SCORE_COLUMNS = ("path", "model", "score", "error")
@@ -39,19 +39,30 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     _write_text_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Call ``write(temp_path)`` on a temporary file next to ``path``, then move it over ``path``.
+
+    Readers see the old file or the new one, never a half-written one, and a failure leaves
+    ``path`` as it was. ``suffix`` is the temporary file's extension, for writers that infer the
+    format from it (``np.save`` appends ``.npy`` to any other name).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
+        write(temp)
+        with open(temp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            os.unlink(temp)
         raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    replace_atomically(path, lambda temp: Path(temp).write_text(text, encoding="utf-8", newline=""))
 
 
 def _drop_torn_tail(path: Path) -> None:
