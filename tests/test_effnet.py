@@ -1,0 +1,234 @@
+"""The default model family: EfficientNet-Lite features, the ridge head, training and shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pyica.checkpoints import sha256_file
+from pyica.data.dataset import ComplexityDataset
+from pyica.models.effnet import LongestSideResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf, SquareResize
+from pyica.models.effnet_ridge import PRESETS, EffNetRidge, EffNetRidgeConfig, View, load_card, weights_path
+from pyica.models.ridge import leave_one_out_path, ridge_path, select_alpha
+from pyica.registry import DEFAULT_MODEL, create_model
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def _photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skimage_data, name)())
+
+
+# --- backbone ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+def test_pretrained_backbone_recognises_photos(variant):
+    # guards the weights and the activation: with swish instead of ReLU6 these come out wrong
+    net = load_backbone(variant)
+    x = normalize_tf(torch.stack([SquareResize(224)(_photo("chelsea")), SquareResize(224)(_photo("coffee"))]))
+    with torch.no_grad():
+        top = net(x).argmax(1).tolist()
+    assert top == [285, 967]  # Egyptian cat, espresso
+
+
+def test_folded_batchnorm_gives_the_same_features():
+    x = normalize_tf(SquareResize(160)(_photo("astronaut"))[None])
+    plain = StageFeatures(load_backbone("lite0"))
+    fused = StageFeatures(load_backbone("lite0")).fuse_batchnorm_()
+    with torch.no_grad():
+        a, b = mean_std_pool(plain(x)), mean_std_pool(fused(x))
+    assert a.shape == (1, 2 * (16 + 24 + 40 + 80 + 112 + 192 + 320 + 1280))
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_stage_maps_have_the_stage_strides():
+    net = StageFeatures(load_backbone("lite0", pretrained=False))
+    with torch.no_grad():
+        maps = net(torch.zeros(1, 3, 64, 96))
+    assert [m.shape[1] for m in maps] == net.channels
+    assert [m.shape[-1] for m in maps] == [48, 24, 12, 6, 6, 3, 3, 3]  # strides 2, 4, 8, 16, 16, 32, 32, 32
+
+
+def test_resize_rules():
+    image = Image.new("RGB", (300, 100))
+    assert SquareResize(64)(image).shape == (3, 64, 64)
+    assert LongestSideResize(120)(image).shape == (3, 40, 120)
+    assert LongestSideResize(120)(Image.new("RGB", (1000, 10))).shape == (3, 32, 120)  # min side
+
+
+# --- ridge -------------------------------------------------------------------------------------------
+
+def _toy_regression(n=60, d=200, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) * rng.uniform(0.5, 3, size=d) + rng.normal(size=d)
+    y = x[:, :5] @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) / 10 + 0.05 * rng.normal(size=n)
+    return x, y
+
+
+def test_dual_ridge_equals_primal_solution():
+    x, y = _toy_regression()
+    head = ridge_path(x, y, [3.0])[0]
+    z = (x - x.mean(0)) / x.std(0)
+    w = np.linalg.solve(z.T @ z + 3.0 * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+    np.testing.assert_allclose(head.weight, w, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(head.predict(x), z @ w + y.mean(), atol=1e-9)
+
+
+def test_leave_one_out_matches_refitting():
+    x, y = _toy_regression(n=25, d=40)
+    alphas = [0.1, 10.0]
+    loo = leave_one_out_path(x, y, alphas)
+    z = (x - x.mean(0)) / np.where(x.std(0) < 1e-8, 1, x.std(0))  # standardisation fixed, as documented
+    for i in (0, 7, 24):
+        keep = np.arange(len(y)) != i
+        for j, a in enumerate(alphas):
+            zk, yk = z[keep], y[keep]
+            w = np.linalg.solve((zk - zk.mean(0)).T @ (zk - zk.mean(0)) + a * np.eye(z.shape[1]),
+                                (zk - zk.mean(0)).T @ (yk - yk.mean()))
+            expected = (z[i] - zk.mean(0)) @ w + yk.mean()
+            assert loo[i, j] == pytest.approx(expected, abs=1e-8)
+
+
+def test_select_alpha_prefers_the_penalty_that_generalises():
+    x, y = _toy_regression(n=80, d=300, seed=1)
+    alphas = [1e-6, 1e1, 1e2, 1e3, 1e9]
+    alpha, scores = select_alpha(x[:60], y[:60], x[60:], y[60:], alphas=alphas)
+    assert len(scores) == len(alphas)
+    assert alpha not in (1e-6, 1e9)
+    assert select_alpha(x, y, alphas=alphas)[0] not in (1e-6, 1e9)  # leave-one-out squared error
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+def _clutter_dataset(folder, n=24, seed=0):
+    """Images with more and more random rectangles: the number of shapes is the 'human' score."""
+    rng = np.random.default_rng(seed)
+    paths, scores = [], []
+    for i in range(n):
+        k = int(rng.integers(0, 60))
+        canvas = np.full((96, 128, 3), 230, np.uint8)
+        for _ in range(k):
+            y0, x0 = rng.integers(0, 90), rng.integers(0, 120)
+            canvas[y0:y0 + rng.integers(3, 20), x0:x0 + rng.integers(3, 20)] = rng.integers(0, 255, 3)
+        Image.fromarray(canvas).save(folder / f"{i}.png")
+        paths.append(f"{i}.png")
+        scores.append(k)
+    return ComplexityDataset(name="clutter", root=folder, paths=paths, scores=scores, categories=[], groups=[],
+                             score_scale=(0.0, 60.0))
+
+
+def test_fit_dataset_learns_and_scores_in_range(tmp_path):
+    ds = _clutter_dataset(tmp_path, n=32)
+    model = EffNetRidge(EffNetRidgeConfig((View("lite0", "square", 128),)))
+    info = model.fit_dataset(ds.subset(np.arange(24)), None, num_workers=0)
+    assert info["selected_on"] == "leave-one-out" and model.fitted
+    test = ds.subset(np.arange(24, 32))
+    pred = model.score_images([Image.open(p).convert("RGB") for p in test.full_paths()]).numpy()
+    assert ((pred >= 0) & (pred <= 1)).all()
+    assert np.corrcoef(pred, test.scores)[0, 1] > 0.8
+
+
+def test_two_view_model_batches_mixed_shapes():
+    config = EffNetRidgeConfig((View("lite0", "longest", 96), View("lite0", "square", 64)))
+    model = EffNetRidge(config, pretrained=False)
+    assert len(model.backbones) == 1  # the two views share one trunk
+    images = [Image.new("RGB", (200, 100), (i * 40, 0, 0)) for i in range(3)] + [Image.new("RGB", (50, 150))]
+    batch = model.collate([model.transform(im) for im in images])
+    assert isinstance(batch[0], list) and batch[1].shape == (4, 3, 64, 64)
+    feats = model.features(batch)
+    assert feats.shape == (4, model.feature_dim) and model.feature_dim == 2 * 4128
+    single = model.collate([model.transform(images[3])])
+    torch.testing.assert_close(feats[3], model.features(single)[0], rtol=1e-4, atol=1e-5)
+
+
+# --- training CLI and shipped weights ------------------------------------------------------------------
+
+def test_train_writes_weights_and_card_that_verify_and_load(tmp_path, monkeypatch):
+    from pyica.cli import main
+    from pyica.models import effnet_ridge
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ds = _clutter_dataset(data, n=30, seed=3)
+    with open(data / "labels.csv", "w") as f:
+        f.write("image,score\n" + "".join(f"{p},{s}\n" for p, s in zip(ds.paths, ds.scores)))
+    # a small preset so the test stays fast; same code path as the shipped ones
+    monkeypatch.setitem(PRESETS, "effnet_lite0_ridge.savoias", (EffNetRidgeConfig((View("lite0", "square", 96),)), "test"))
+    config = tmp_path / "train.json"
+    config.write_text(json.dumps({"model": "effnet_lite0_ridge.savoias", "dataset": "data/labels.csv",
+                                  "root": "data", "output_dir": "weights",
+                                  "evaluation": {"protocol": "random", "n_splits": 2, "val_fraction": 0.2}}))
+    assert main(["train", str(config), "--workers", "0", "-q"]) == 0
+    weights = tmp_path / "weights" / "effnet_lite0_ridge.savoias.safetensors"
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["weights"]["sha256"] == sha256_file(weights)
+    assert card["evaluation"]["metrics"]["pooled"]["n_splits"] == 2
+    assert card["preprocessing"]["views"][0]["size"] == 96 and card["score"]["range"] == [0.0, 1.0]
+    # deterministic: a refit reproduces the file within the tolerance
+    assert main(["train", str(config), "--verify", "--workers", "0", "-q"]) == 0
+    model = effnet_ridge.build_preset("effnet_lite0_ridge.savoias", weights=weights)
+    assert model.fitted and float(model.weight.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_shipped_weights_match_their_card(name):
+    card = load_card(name)
+    assert card, f"{name} has no card"
+    assert card["weights"]["sha256"] == sha256_file(weights_path(name))
+    assert card["name"] == name and card["evaluation"]["metrics"]["category_mean"]["n_splits"] == 10
+
+
+def test_damaged_shipped_weights_are_refused(tmp_path, monkeypatch):
+    from pyica.models import effnet_ridge
+
+    bad = tmp_path / f"{DEFAULT_MODEL}.safetensors"
+    bad.write_bytes(weights_path(DEFAULT_MODEL).read_bytes()[:-1] + b" ")
+    monkeypatch.setattr(effnet_ridge, "weights_path", lambda name: bad)
+    monkeypatch.setattr(effnet_ridge, "load_card", lambda name: {"weights": {"sha256": sha256_file(weights_path(name))}})
+    with pytest.raises(ValueError, match="sha256"):
+        effnet_ridge.build_preset(DEFAULT_MODEL)
+
+
+def test_default_model_ranks_clutter():
+    model = create_model(DEFAULT_MODEL)
+    assert model.score_range == (0.0, 1.0)
+    flat = Image.new("RGB", (320, 240), (200, 200, 200))
+    rng = np.random.default_rng(0)
+    busy = _photo("astronaut")
+    noise = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    flat_score, photo_score, noise_score = model.score_images([flat, busy, noise]).tolist()
+    assert 0.0 <= flat_score < photo_score <= 1.0
+    assert flat_score < noise_score
+
+
+def test_squash_keeps_order_and_range():
+    from pyica.models.effnet_ridge import squash_to_unit
+
+    for dtype in (torch.float32, torch.float64):
+        raw = torch.linspace(-3, 4, 701, dtype=dtype)
+        out = squash_to_unit(raw)
+        assert (out > 0).all() and (out < 1).all()
+        assert (out.diff() > 0).all()  # strictly increasing: no ties below 0 or above 1
+        middle = (raw >= 0.05) & (raw <= 0.95)
+        torch.testing.assert_close(out[middle], raw[middle])  # in range, the score is the prediction itself
+    # continuous at the joins
+    eps = 1e-6
+    for join in (0.05, 0.95):
+        below, above = squash_to_unit(torch.tensor([join - eps, join + eps], dtype=torch.float64))
+        assert float(above - below) == pytest.approx(2 * eps, rel=1e-3)
+
+
+def test_score_files_equals_forward(tmp_path):
+    ds = _clutter_dataset(tmp_path, n=12, seed=5)
+    model = EffNetRidge(EffNetRidgeConfig((View("lite0", "square", 96),)))
+    model.fit_dataset(ds, None, num_workers=0)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    paths = ds.full_paths() + [str(tmp_path / "broken.jpg")]
+    cached, errors = model.score_files(paths, num_workers=0)
+    direct = model.score_images([Image.open(p).convert("RGB") for p in ds.full_paths()]).numpy()
+    np.testing.assert_allclose(cached[:-1], direct, rtol=1e-5, atol=1e-6)
+    assert np.isnan(cached[-1]) and "broken.jpg" in errors[paths[-1]]
