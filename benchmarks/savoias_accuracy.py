@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, default_savoias_root, machine_description, update_readme_section  # noqa: E402
@@ -29,8 +28,8 @@ from common import RESULTS, default_savoias_root, machine_description, update_re
 import pyica  # noqa: E402
 from pyica.data import load_dataset  # noqa: E402
 from pyica.evaluation import make_splits, predict_dataset, run_protocol, split_rows, stamp_rows  # noqa: E402
-from pyica.registry import create_model  # noqa: E402
-from pyica.reports import format_markdown_table, format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
+from pyica.registry import create_model, get_entry  # noqa: E402
+from pyica.reports import format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,9 +48,11 @@ def parse_args(argv=None):
 
 
 def evaluate_model(name: str, ds, args) -> list[dict]:
-    model = create_model(name, device=args.device)
+    learned = get_entry(name).kind == "learned"
+    # a learned model is evaluated as a recipe: its head is refitted on every split's training part
+    model = create_model(name, device=args.device, **({"fitted": False} if learned else {}))
     if callable(getattr(model, "fit_dataset", None)):
-        result = run_protocol(name, ds, protocol="random", n_splits=args.splits, seed=args.seed,
+        result = run_protocol(name, ds, model=model, protocol="random", n_splits=args.splits, seed=args.seed,
                               val_fraction=0.1, device=args.device, num_workers=args.workers)
         return result.rows
     t0 = time.perf_counter()

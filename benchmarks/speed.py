@@ -1,0 +1,231 @@
+"""Scoring speed of registered models on this machine: end to end through the CLI, and model-only.
+
+For each model it measures, on a folder of N distinct 512-px JPEGs made from the photos scikit-image
+ships (no dataset needed; cached in a temp folder, never in the repository):
+
+* end to end: wall clock of ``python -m pyica score FOLDER -m MODEL -o scores.csv`` as a subprocess
+  (includes interpreter start-up and model build), and the scoring-loop rate the CLI itself writes to
+  ``scores.csv.meta.json`` (``images_per_second``: loading, preprocessing and forward only);
+* model-only: ``model.score_batch(batch)`` repeated on one batch preprocessed beforehand (the CLI's
+  batch size), i.e. the forward alone; ``ratio_loop_to_model`` = scoring loop / model-only (>= 0.8 means
+  the data pipeline keeps the model busy);
+* size: parameter count (``model.parameters()`` only, buffers not counted) and GFLOPs of one forward on
+  one image from ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2 FLOPs).
+  Classic measures compute in numpy, which the counter cannot see, so their FLOPs are left empty.
+
+Writes ``benchmarks/results/speed.csv`` (one row per model; rerunning some models replaces only their
+rows) and the README table between the ``speed`` markers (skipped with a warning if they are missing).
+
+    python benchmarks/speed.py                                    # default model + every learned model
+    python benchmarks/speed.py -m compression_ratio_jpeg edge_density --images 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import README, REPO, RESULTS, machine_description, update_readme_section  # noqa: E402
+
+import pyica  # noqa: E402
+from pyica.loading import load_image  # noqa: E402
+from pyica.registry import create_model, get_entry  # noqa: E402
+from pyica.reports import format_markdown_table, format_table, write_results_csv  # noqa: E402
+from pyica.runtime import default_num_workers  # noqa: E402
+
+COLUMNS = ["model", "images", "image_seed", "batch_size", "workers", "e2e_images_per_s",
+           "scoring_loop_images_per_s", "model_only_images_per_s", "ratio_loop_to_model", "params",
+           "gflops_per_image", "torch_threads", "machine", "pyica_version", "date", "note"]
+SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--models", nargs="*", default=None,
+                   help="registered model names (default: the default model and every learned model)")
+    p.add_argument("--all", action="store_true", help="also benchmark every classic measure")
+    p.add_argument("--images", type=int, default=256, help="number of generated test images N (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random crops/flips that make the images differ")
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pyica-speed",
+                   help="where the generated images are cached (default: $TMPDIR/pyica-speed; not in the repo)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="passed to `pyica score --batch-size`, also the model-only batch (default: the CLI's, 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="passed to `pyica score --workers` (default: the CLI's, one per spare core)")
+    p.add_argument("--device", default="cpu", help="device for the CLI run and the model-only run (default: cpu)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="end-to-end runs per model; the median rates are reported (default 1)")
+    p.add_argument("--min-seconds", type=float, default=5.0,
+                   help="model-only timing repeats the forward until at least this long (default 5)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the CLI warm-up run on a few images (it fills the OS file cache)")
+    p.add_argument("--out", type=Path, default=RESULTS / "speed.csv", help="tidy results CSV")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    return p.parse_args(argv)
+
+
+def make_images(work_dir: Path, n: int, seed: int) -> Path:
+    """N distinct JPEGs (longest side 512, quality 90): random crops/flips of scikit-image's photos."""
+    folder = work_dir.resolve() / f"images-n{n}-seed{seed}"
+    if folder.is_relative_to(REPO):
+        raise SystemExit(f"--work-dir {work_dir} is inside the repository; pick a folder outside it")
+    done = folder / ".complete"  # hidden: the CLI's folder walk skips it
+    if done.exists():
+        return folder
+    try:
+        import skimage.data
+    except ImportError:
+        raise SystemExit("generating the test images needs scikit-image: pip install pyica[dev]") from None
+    photos = [getattr(skimage.data, name)() for name in SOURCES]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch, cw = int(h * rng.uniform(0.5, 1.0)), int(w * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        img = Image.fromarray(photo[y:y + ch, x:x + cw])
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        scale = 512 / max(img.size)
+        img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+        img.save(folder / f"img_{i:04d}.jpg", quality=90)
+    done.write_text(json.dumps({"images": n, "seed": seed, "sources": SOURCES}))
+    return folder
+
+
+def run_cli(inputs: list[str], name: str, args, out_dir: Path) -> tuple[float, dict]:
+    """Wall-clock seconds of one `pyica score` subprocess, and the meta.json it wrote."""
+    out = out_dir / "scores.csv"
+    cmd = [sys.executable, "-m", "pyica", "score", *inputs, "-m", name, "-o", str(out), "--overwrite", "-q",
+           "--device", args.device]
+    cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
+    cmd += ["--workers", str(args.workers)] if args.workers is not None else []
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"`{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr}")
+    return seconds, json.loads(out.with_name(out.name + ".meta.json").read_text())
+
+
+def model_only(name: str, paths: list[str], batch_size: int, args) -> dict:
+    """Forward throughput on one preprocessed batch, parameter count and FLOPs of one image."""
+    model = create_model(name, device=args.device)
+    items = [model.transform(load_image(paths[i % len(paths)])) for i in range(batch_size)]
+    batch = model.collate(items)
+    model.score_batch(batch)  # warm-up
+    reps, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < args.min_seconds or reps == 0:
+        model.score_batch(batch)
+        reps += 1
+    with FlopCounterMode(display=False) as counter:
+        model.score_batch(model.collate(items[:1]))
+    flops = counter.get_total_flops()
+    note = "" if flops else ("classic measure: computed in numpy, FLOPs not countable by torch"
+                             if get_entry(name).kind == "classic" else "no torch FLOPs counted")
+    return {"model_only_images_per_s": round(reps * batch_size / elapsed, 2),
+            "params": sum(p.numel() for p in model.parameters()),
+            "gflops_per_image": round(flops / 1e9, 4) if flops else "", "note": note}
+
+
+def benchmark(name: str, folder: Path, args, machine: str) -> dict:
+    paths = sorted(str(p) for p in folder.glob("*.jpg"))
+    with tempfile.TemporaryDirectory(prefix="pyica-speed-") as tmp:
+        if not args.no_warmup:
+            run_cli(paths[:8], name, args, Path(tmp))
+        runs = [run_cli([str(folder)], name, args, Path(tmp)) for _ in range(args.repeats)]
+    meta = runs[-1][1]
+    if meta["scored"] != len(paths):
+        raise SystemExit(f"{name}: the CLI scored {meta['scored']} of {len(paths)} images ({meta['errors']} errors)")
+    row = {"model": name, "images": len(paths), "image_seed": args.seed, "batch_size": meta["batch_size"],
+           "workers": default_num_workers() if meta["workers"] is None else meta["workers"],
+           "e2e_images_per_s": round(statistics.median(len(paths) / s for s, _ in runs), 2),
+           "scoring_loop_images_per_s": round(statistics.median(m["images_per_second"] for _, m in runs), 2)}
+    row.update(model_only(name, paths, meta["batch_size"], args))
+    row["ratio_loop_to_model"] = round(row["scoring_loop_images_per_s"] / row["model_only_images_per_s"], 3)
+    row.update(torch_threads=torch.get_num_threads(), machine=machine, pyica_version=pyica.__version__,
+               date=date.today().isoformat())
+    return {c: row[c] for c in COLUMNS}
+
+
+def read_rows(path: Path) -> list[dict]:
+    def number(text: str):
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+        return text
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def readme_table(rows: list[dict]) -> str:
+    cols = ["model", "e2e_images_per_s", "scoring_loop_images_per_s", "model_only_images_per_s",
+            "ratio_loop_to_model", "params", "gflops_per_image"]
+    machines = "; ".join(dict.fromkeys(f"{r['machine']} ({r['torch_threads']} torch threads)" for r in rows))
+    setup = "; ".join(dict.fromkeys(f"{r['images']} images, batch {r['batch_size']}, DataLoader workers {r['workers']}"
+                                    for r in rows))
+    shown = [{**r, "gflops_per_image": r["gflops_per_image"] if r["gflops_per_image"] != "" else "n/a"}
+             for r in sorted(rows, key=lambda r: r["model"])]
+    return "\n".join([
+        f"Images per second on {machines}; {setup}. `e2e` is the whole `pyica score` command (start-up "
+        "and model build included), `scoring_loop` the rate the CLI reports, `model_only` the forward "
+        "alone on a preprocessed batch. Classic measures compute in numpy, so torch counts no FLOPs.", "",
+        format_markdown_table(shown, columns=cols, floatfmt=".2f")])
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    names = args.models or sorted({pyica.DEFAULT_MODEL, *pyica.list_models(kind="learned")}
+                                  | (set(pyica.list_models(kind="classic")) if args.all else set()))
+    for name in names:
+        try:
+            get_entry(name)
+        except KeyError as err:
+            raise SystemExit(err.args[0]) from None
+    machine = machine_description()
+    folder = make_images(args.work_dir, args.images, args.seed)
+    print(f"{args.images} images (seed {args.seed}) in {folder}; models: {', '.join(names)}\n"
+          f"machine: {machine}; torch threads: {torch.get_num_threads()}", flush=True)
+
+    rows = [r for r in (read_rows(args.out) if args.out.exists() else []) if r["model"] not in names]
+    new = []
+    for name in names:
+        new.append(benchmark(name, folder, args, machine))
+        r = new[-1]
+        print(f"{name}: e2e {r['e2e_images_per_s']}, scoring loop {r['scoring_loop_images_per_s']}, "
+              f"model-only {r['model_only_images_per_s']} images/s", flush=True)
+        write_results_csv(rows + new, args.out)  # after every model, so an interrupted run keeps what it measured
+    rows += new
+    print("\n" + format_table(new, columns=COLUMNS[:12], floatfmt=".2f"))
+
+    table = readme_table(rows)
+    print("\n" + table)
+    if not args.no_readme:
+        text = README.read_text()
+        if "<!-- speed:start -->" in text and "<!-- speed:end -->" in text:
+            update_readme_section("speed", table)
+        else:
+            print(f"warning: no <!-- speed:start/end --> markers in {README}; README not updated", file=sys.stderr)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
