@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from .loading import ImageLoadError, image_extensions, load_image
 from .runtime import default_num_workers
 
-__all__ = ["ScoreRecord", "iter_image_paths", "iter_batches", "score_paths", "PRECISIONS"]
+__all__ = ["ScoreRecord", "iter_image_paths", "iter_batches", "score_paths", "progress_bar", "PRECISIONS"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -179,7 +179,7 @@ def score_paths(
         if dtype is not None and device.type in ("cuda", "cpu")
         else contextlib.nullcontext()
     )
-    bar = _progress_bar(len(paths), progress)
+    bar = progress_bar(len(paths), progress)
     try:
         for indices, batch, errors in batches:
             records: dict[int, ScoreRecord] = {i: ScoreRecord(paths[i], name, None, err) for i, err in errors}
@@ -195,7 +195,8 @@ def score_paths(
         bar.close()
 
 
-def _progress_bar(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool):
+    """A tqdm bar on stderr counting images (disabled, but still callable, when not ``enabled``)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="img", file=sys.stderr, disable=not enabled, dynamic_ncols=True, smoothing=0.1)

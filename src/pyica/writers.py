@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["ScoreWriter", "read_scores", "write_json_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS"]
+__all__ = ["ScoreWriter", "read_scores", "write_json_atomic", "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS"]
 
 FORMATS = ("csv", "jsonl")
 SCORE_COLUMNS = ("path", "model", "score", "error")
@@ -36,7 +36,7 @@ def infer_format(path: str | os.PathLike | None, explicit: str | None = None) ->
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    _write_text_atomic(Path(path), json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], suffix: str = ".tmp") -> None:
@@ -61,7 +61,8 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], su
         raise
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`replace_atomically`)."""
     replace_atomically(path, lambda temp: Path(temp).write_text(text, encoding="utf-8", newline=""))
 
 

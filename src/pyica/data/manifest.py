@@ -23,18 +23,16 @@ with the dataset-level facts a CSV cannot hold (name, per-category scale, score 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..writers import write_json_atomic
+from ..writers import write_json_atomic, write_text_atomic
 from .dataset import ComplexityDataset
 
 __all__ = ["read_manifest", "write_manifest", "PATH_ALIASES", "SCORE_ALIASES", "manifest_header"]
@@ -278,25 +276,10 @@ def write_manifest(ds: ComplexityDataset, csv_path: str | os.PathLike) -> Path:
             _path_for(ds, i, folder), _format_score(float(ds.scores[i])), ds.categories[i], ds.groups[i],
             *(ds.splits[name][i] for name in split_names),
         ])
-    _write_text_atomic(csv_path, buffer.getvalue())
+    write_text_atomic(csv_path, buffer.getvalue())
     write_json_atomic(_meta_path(csv_path), {
         "name": ds.name,
         "per_category_scale": ds.per_category_scale,
         "score_scale": list(ds.score_scale) if ds.score_scale is not None else None,
     })
     return csv_path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

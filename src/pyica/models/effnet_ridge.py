@@ -187,12 +187,12 @@ class EffNetRidge(ComplexityModel):
     def extract_features(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
                          max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
         """Features of image files, ``(N, D)`` float32 with NaN rows where loading failed, and the errors."""
-        from ..scoring import _progress_bar, iter_batches
+        from ..scoring import progress_bar, iter_batches
 
         out = np.full((len(paths), self.feature_dim), np.nan, dtype=np.float32)
         todo = [i for i, p in enumerate(paths) if p not in self._feature_cache]
         errors: dict[str, str] = {}
-        bar = _progress_bar(len(todo), progress)
+        bar = progress_bar(len(todo), progress)
         try:
             for indices, batch, failed in iter_batches([paths[i] for i in todo], self.transform, self.collate,
                                                        batch_size=batch_size, num_workers=num_workers,
