@@ -23,6 +23,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help=f"registered model name (see `pyica list`; default: {DEFAULT_MODEL})")
+    p.add_argument("--weights", default=None, metavar="PATH",
+                   help="trained weights for a model that ships none (CM-SSA: the .safetensors that "
+                        "`pyica train` wrote; its .json card must lie beside it)")
     p.add_argument("--device", default="auto",
                    help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps' (default: auto)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
@@ -118,11 +121,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="fit a model's head from a config (reproduces the shipped weights and card)",
+        help="train a model from a config (default-model heads, CM-SSA); writes weights and card",
         description="Run a training config from configs/: evaluate the recipe under the config's protocol "
                     "(10 random splits by default), fit on the whole dataset, and write "
-                    "<output_dir>/<model>.safetensors plus its JSON card. Deterministic: --verify refits "
-                    "and compares with the existing weights instead of writing.",
+                    "<output_dir>/<model>.safetensors plus its JSON card. Frozen-feature heads are "
+                    "deterministic: --verify refits and compares with the existing weights instead of "
+                    "writing. CM-SSA configs (\"method\": \"cmssa\", configs/cmssa/) train prompts and "
+                    "projections with the paper's recipe; the epoch is chosen on a validation part.",
     )
     p.add_argument("config", help="JSON config, e.g. configs/effnet_lite0_ridge.savoias.json")
     p.add_argument("--root", help="dataset folder (default: the config's root, relative to the config file)")
@@ -144,6 +149,43 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="only check that files exist; do not decode them")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "caption",
+        help="write a scene caption per image (JSONL), for training CM-SSA's alignment branch",
+        description="Captions every image once and caches them as JSONL rows (path, caption, error). Captions "
+                    "are needed only to train CM-SSA's semantic alignment branch; scoring needs none. The "
+                    "default captioner, imagenet-labels, runs offline (EfficientNet-Lite's top ImageNet classes "
+                    "as a sentence); instructblip (the paper's), blip and blip2 need their Hugging Face weights "
+                    "cached, or --allow-download. Rows go to OUT.part and are renamed to OUT at the end; a rerun "
+                    "continues where the last one stopped unless --no-resume. OUT.meta.json records the settings.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="DATASET_OR_INPUTS",
+                   help="a dataset name (savoias, ic9600, visc-c) with --root, or image files, folders and "
+                        ".csv manifests as for `pyica score`")
+    p.add_argument("-o", "--output", required=True, help="captions file to write (.jsonl)")
+    p.add_argument("--captioner", default="imagenet-labels",
+                   choices=("imagenet-labels", "instructblip", "blip", "blip2", "file"),
+                   help="who writes the captions (default: imagenet-labels, offline); file: copy them from "
+                        "--captions-file")
+    p.add_argument("--model-id", help="Hugging Face model id or local folder (instructblip, blip, blip2)")
+    p.add_argument("--preset", choices=("short", "medium", "long"), default=None,
+                   help="instructblip caption length: instruction and token budget, our wording since the "
+                        "paper's is unpublished (default: medium)")
+    p.add_argument("--instruction", help="instructblip instruction, or blip/blip2 text prompt (overrides --preset)")
+    p.add_argument("--max-new-tokens", type=int, help="caption token budget (overrides --preset)")
+    p.add_argument("--top-k", type=int, default=None, help="imagenet-labels: class names per caption (default: 3)")
+    p.add_argument("--captions-file", help="file captioner: CSV or JSONL with path/image and caption columns")
+    p.add_argument("--root", help="dataset folder, with a dataset name")
+    p.add_argument("--batch-size", type=int, default=8, help="images per captioning batch (default: 8)")
+    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', 'cuda:1', 'mps' (default: auto)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start over, replacing OUT and OUT.part, instead of skipping images already captioned")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let Hugging Face captioners download weights that are not cached")
+    p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_caption)
     return parser
 
 
@@ -194,7 +236,7 @@ def cmd_score(args) -> int:
         raise ValueError(f"--map-patch and --map-stride must be in (0, 1], got {args.map_patch} and {args.map_stride}")
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    model = create_model(args.model, device=args.device)
+    model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}))
     writer = ScoreWriter(args.output, args.format, resume=args.resume, overwrite=args.overwrite)
     all_paths = list(iter_image_paths(args.inputs, recursive=args.recursive))
     paths = [p for p in all_paths if p not in writer.done]
@@ -300,7 +342,8 @@ def cmd_eval(args) -> int:
             seed=args.seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
             test_dataset=args.test_dataset, test_root=args.test_root, fit=fit, device=args.device,
             batch_size=args.batch_size, num_workers=args.workers, precision=args.precision,
-            max_pixels=args.max_pixels, progress=not args.quiet)
+            max_pixels=args.max_pixels, progress=not args.quiet,
+            model_kwargs={"weights": args.weights} if args.weights else None)
         rows = result.rows
         plot_data = result.first_split_predictions
     print(evaluation.format_rows(rows))
@@ -315,6 +358,14 @@ def cmd_eval(args) -> int:
 
 def cmd_train(args) -> int:
     from .training.fit_head import train
+
+    if json.loads(Path(args.config).read_text(encoding="utf-8")).get("method") == "cmssa":
+        from .training.train_cmssa import train_from_config
+
+        card = train_from_config(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
+                                 device=args.device, num_workers=args.workers, progress=not args.quiet)
+        print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
+        return 0
 
     result = train(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
                    verify=args.verify, device=args.device, num_workers=args.workers, progress=not args.quiet)
@@ -341,6 +392,39 @@ def cmd_validate(args) -> int:
     print(json.dumps(report, indent=2, default=str) if args.json else format_validation_report(report))
     problems = len(report.get("missing", [])) + len(report.get("unreadable", []))
     return 1 if problems else 0
+
+
+def cmd_caption(args) -> int:
+    from .captions import caption_dataset, create_captioner
+    from .data.loaders import list_datasets, load_dataset
+    from .scoring import iter_image_paths
+
+    first = args.inputs[0]
+    if len(args.inputs) == 1 and not Path(first).exists() and (args.root or first.lower() in list_datasets()):
+        paths = load_dataset(first, root=args.root).full_paths()
+    elif args.root:
+        raise ValueError("--root applies to a dataset name, not to files, folders or manifests")
+    else:
+        paths = list(iter_image_paths(args.inputs, recursive=args.recursive))
+    hf = {"model_id": args.model_id, "max_new_tokens": args.max_new_tokens, "device": args.device,
+          "allow_download": args.allow_download}
+    options = {
+        "imagenet-labels": {"top_k": args.top_k, "device": args.device},
+        "instructblip": {**hf, "preset": args.preset, "instruction": args.instruction},
+        "blip": {**hf, "prompt": args.instruction},
+        "blip2": {**hf, "prompt": args.instruction},
+        "file": {"path": args.captions_file},
+    }[args.captioner]
+    if args.captioner == "file" and not args.captions_file:
+        raise ValueError("--captioner file needs --captions-file")
+    provider = create_captioner(args.captioner, **options)
+    summary = caption_dataset(paths, provider, args.output, batch_size=args.batch_size, resume=args.resume,
+                              progress=not args.quiet)
+    if not args.quiet:
+        print(f"pyica: {summary['captioned']} captioned, {summary['errors']} errors, "
+              f"{summary['skipped_already_done']} already done, {summary['seconds']:.1f} s -> {args.output}",
+              file=sys.stderr)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ComplexityDataset"]
+__all__ = ["ComplexityDataset", "label_range"]
 
 
 @dataclass
@@ -90,3 +90,13 @@ class ComplexityDataset:
             per_category_scale=self.per_category_scale,
             score_scale=self.score_scale,
         )
+
+
+def label_range(parts) -> tuple[float, float]:
+    """``(low, high)`` of the label scale of datasets ``parts``: the declared ``score_scale`` of the
+    first, else the observed range. Learned models train on scores mapped to [0, 1] with it."""
+    scale = parts[0].score_scale
+    if scale is not None:
+        return float(scale[0]), float(scale[1])
+    scores = np.concatenate([p.scores for p in parts])
+    return float(np.nanmin(scores)), float(np.nanmax(scores))

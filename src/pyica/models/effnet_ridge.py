@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_tensors
+from ..data.dataset import label_range
 from ..registry import register_model
 from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
@@ -251,7 +252,7 @@ class EffNetRidge(ComplexityModel):
         Returns what was chosen (for the weights card).
         """
         parts = [train] + ([val] if val is not None and len(val) else [])
-        low, high = _label_range(parts)
+        low, high = label_range(parts)
         data = []
         for part in parts:
             x, errors = self.extract_features(part.full_paths(), batch_size=batch_size, num_workers=num_workers,
@@ -286,14 +287,6 @@ def squash_to_unit(raw: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
     low = m2 / (2 * margin - torch.minimum(raw, torch.full_like(raw, margin)))
     high = 1 - m2 / (torch.maximum(raw, torch.full_like(raw, 1 - margin)) - 1 + 2 * margin)
     return torch.where(raw < margin, low, torch.where(raw > 1 - margin, high, raw))
-
-
-def _label_range(parts) -> tuple[float, float]:
-    scale = parts[0].score_scale
-    if scale is not None:
-        return float(scale[0]), float(scale[1])
-    scores = np.concatenate([p.scores for p in parts])
-    return float(np.nanmin(scores)), float(np.nanmax(scores))
 
 
 # --- shipped presets ------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def train(config_path: str | os.PathLike, *, root: str | None = None, output_dir
         result = run_protocol(name, ds, model=model, protocol=ev["protocol"], n_splits=ev["n_splits"],
                               seed=ev["seed"], test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
                               num_workers=num_workers, progress=progress)
-        evaluation = {"protocol": ev, "metrics": _headline(result.rows), "load_errors": len(result.errors)}
+        evaluation = {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
 
     log.info("fitting on all %d images of %s", len(ds), ds.name)
     fit = model.fit_dataset(ds, None, num_workers=num_workers, progress=progress)
@@ -105,7 +105,7 @@ def train(config_path: str | os.PathLike, *, root: str | None = None, output_dir
     return card
 
 
-def _headline(rows: list[dict]) -> dict[str, dict[str, float]]:
+def headline_metrics(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Mean and std over splits of SRCC/PLCC, per category, category mean and pooled."""
     out = {}
     for row in summarise(rows):

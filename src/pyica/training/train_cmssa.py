@@ -1,0 +1,453 @@
+"""Training and evaluating CM-SSA: the recipe of the paper and of its reference code.
+
+:class:`CMSSATrainer` trains a fresh CM-SSA on a labelled dataset (``fit_dataset(train, val)``) and
+scores files (``score_files``), which is all :func:`pyica.evaluation.run_protocol` needs, so CM-SSA is
+evaluated by the same code as every other model. Recipe defaults are the paper's: Adam, lr 1e-4,
+batch 64, 50 epochs, no weight decay, no schedule. Training crops are ``patch_size`` random crops
+(with horizontal flips) of the image resized to a shorter side of ``train_short_side`` (the reference
+code crops the full-resolution image). Scores are learned on the label scale mapped to [0, 1].
+
+The epoch is chosen on the validation part when there is one (category-mean SRCC, like the default
+model's hyper-parameters), with early stopping after ``patience`` epochs without gain; the reference
+code chose it on the *test* set, which we do not reproduce. Without validation the last epoch is kept.
+
+Speed: when the encoders' image trunk is frozen and cacheable (the offline pair), its output for
+``train_crops`` fixed random crops per image and for every evaluation patch is computed once and
+kept (in memory, and in ``cache_dir`` when given); epoch ``e`` trains on crop ``e % train_crops``.
+CLIP's prompts enter every layer, so with CLIP every step runs the image encoder (a GPU's job).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.dataset import ComplexityDataset, label_range
+from ..loading import load_image
+from ..metrics import srcc
+from ..models.cmssa import CMSSA, alignment_scores
+from ..runtime import default_num_workers, resolve_device
+from ..scoring import iter_batches, progress_bar
+
+__all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainRecipe:
+    """How CM-SSA is trained (defaults: the paper's Sec. 4.2 and the reference code)."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    seed: int = 0
+    train_short_side: int = 384
+    train_crops: int = 4
+    patience: int | None = 15
+    amp: bool = True
+    device: str = "auto"
+    num_workers: int | None = None
+    eval_batch_size: int = 16
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RandomCrop:
+    """A seeded random ``size`` crop (and coin-flip mirror) of the image resized to ``short_side``:
+    the same ``(seed, index, draw)`` always gives the same crop, so cached crops are reproducible."""
+
+    short_side: int
+    size: int
+    seed: int = 0
+
+    def __call__(self, image: Image.Image, index: int, draw: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, index, draw])
+        w, h = image.size
+        scale = self.short_side / min(w, h)
+        new = (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
+        image = image.convert("RGB").resize(new, Image.Resampling.BICUBIC, reducing_gap=None)
+        x, y = int(rng.integers(0, new[0] - self.size + 1)), int(rng.integers(0, new[1] - self.size + 1))
+        crop = image.crop((x, y, x + self.size, y + self.size))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(crop, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class _CropFiles(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[str], crop: RandomCrop, draw: int):
+        self.paths, self.crop, self.draw = list(paths), crop, draw
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.crop(load_image(self.paths[i]), i, self.draw), None
+        except Exception as err:  # a bad file must not stop training: it is skipped and reported
+            return i, None, f"{self.paths[i]}: {err}"
+
+
+def _collate_crops(items):
+    good = [(i, x) for i, x, e in items if e is None]
+    errors = [(i, e) for i, x, e in items if e is not None]
+    return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None), errors
+
+
+class CaptionLookup:
+    """Captions by image path: exact path, resolved path, or file name when that is unique."""
+
+    def __init__(self, captions: dict[str, str]):
+        self.exact = dict(captions)
+        self.resolved = {str(Path(k).resolve()): v for k, v in captions.items()}
+        names: dict[str, list[str]] = {}
+        for k, v in captions.items():
+            names.setdefault(Path(k).name, []).append(v)
+        self.by_name = {k: v[0] for k, v in names.items() if len(v) == 1}
+
+    def __call__(self, path: str) -> str:
+        for table, key in ((self.exact, path), (self.resolved, str(Path(path).resolve())), (self.by_name, Path(path).name)):
+            if key in table:
+                return table[key]
+        raise KeyError(f"{path}: no caption (make them with `pyica caption DATASET -o captions.jsonl`)")
+
+
+class CMSSATrainer:
+    """Trains CM-SSA models built by ``build_model()`` and scores files with the trained one."""
+
+    def __init__(self, build_model: Callable[[], CMSSA], recipe: TrainRecipe = TrainRecipe(),
+                 captions: dict[str, str] | None = None, name: str = "cmssa"):
+        self.build_model, self.recipe, self.name = build_model, recipe, name
+        self.captions = CaptionLookup(captions) if captions else None
+        self.device = resolve_device(recipe.device)
+        self.model: CMSSA | None = None
+        self.history: list[dict] = []
+        self._crop_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._patch_cache: dict[str, np.ndarray] = {}
+        self._caption_cache: dict[str, torch.Tensor] = {}
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def _cacheable(self, model: CMSSA) -> bool:
+        return bool(getattr(model.encoders, "cacheable_trunk", False))
+
+    def _disk_cache(self, kind: str, model: CMSSA, params: dict) -> Path | None:
+        if not self.recipe.cache_dir:
+            return None
+        key = json.dumps({"kind": kind, "encoders": type(model.encoders).__name__,
+                          "trunk": getattr(model.encoders, "trunk_id", ""), **params}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return Path(self.recipe.cache_dir) / f"cmssa_{kind}_{digest}.npz"
+
+    @torch.no_grad()
+    def _trunk(self, model: CMSSA, pixels_uint8: torch.Tensor) -> np.ndarray:
+        x = model.normalize(pixels_uint8.to(self.device))
+        return model.encoders.trunk_features(x).float().cpu().numpy()
+
+    def _crop_features(self, model: CMSSA, paths: list[str]) -> None:
+        """Fill the cache with the trunk features of ``train_crops`` seeded crops per image."""
+        r, cfg = self.recipe, model.config
+        crop = RandomCrop(r.train_short_side, cfg.patch_size, r.seed)
+        disk = self._disk_cache("crops", model, {"crop": asdict(crop)})
+        self._load_disk(disk, self._crop_cache, tuple_keys=True)
+        for draw in range(r.train_crops):
+            todo = [p for p in paths if (p, draw) not in self._crop_cache]
+            if not todo:
+                continue
+            workers = default_num_workers() if r.num_workers is None else r.num_workers
+            loader = torch.utils.data.DataLoader(_CropFiles(todo, crop, draw), batch_size=r.eval_batch_size,
+                                                 num_workers=workers, collate_fn=_collate_crops)
+            bar = progress_bar(len(todo), True)
+            bar.set_description(f"training crops {draw + 1}/{r.train_crops}")
+            for idx, pixels, errors in loader:
+                for i, message in errors:
+                    log.warning("skipped in training: %s", message)
+                if pixels is not None:
+                    for i, f in zip(idx, self._trunk(model, pixels)):
+                        self._crop_cache[(todo[i], draw)] = f
+                bar.update(len(idx) + len(errors))
+            bar.close()
+        self._save_disk(disk, self._crop_cache)
+
+    def _patch_features(self, model: CMSSA, paths: list[str], max_pixels=None) -> dict[str, str]:
+        """Fill the cache with the trunk features of every evaluation patch; returns load errors."""
+        disk = self._disk_cache("patches", model, {"grid": repr(model.transform)})
+        self._load_disk(disk, self._patch_cache)
+        todo = [p for p in paths if p not in self._patch_cache]
+        errors: dict[str, str] = {}
+        if todo:
+            bar = progress_bar(len(todo), True)
+            bar.set_description("evaluation patches")
+            for indices, batch, bad in iter_batches(todo, model.transform, model.collate, batch_size=self.recipe.eval_batch_size,
+                                                    num_workers=self.recipe.num_workers, max_pixels=max_pixels):
+                for i, message in bad:
+                    errors[todo[i]] = message
+                if batch is not None:
+                    counts = [len(p) for p in batch]
+                    feats = self._trunk(model, torch.cat(batch))
+                    for i, f in zip(indices, np.split(feats, np.cumsum(counts)[:-1])):
+                        self._patch_cache[todo[i]] = f
+                bar.update(len(indices) + len(bad))
+            bar.close()
+            self._save_disk(disk, self._patch_cache)
+        return errors
+
+    @staticmethod
+    def _load_disk(path: Path | None, cache: dict, tuple_keys: bool = False) -> None:
+        if path is None or not path.exists() or cache:
+            return
+        with np.load(path, allow_pickle=False) as data:
+            keys = json.loads(str(data["keys"]))
+            for n, key in enumerate(keys):
+                cache[tuple(key) if tuple_keys else key] = data[f"f{n}"]
+
+    @staticmethod
+    def _save_disk(path: Path | None, cache: dict) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(cache)
+        temp = path.with_suffix(".tmp.npz")
+        np.savez(temp, keys=json.dumps([list(k) if isinstance(k, tuple) else k for k in keys]),
+                 **{f"f{n}": cache[k] for n, k in enumerate(keys)})
+        temp.replace(path)
+
+    def _caption_features(self, model: CMSSA, paths: Sequence[str]) -> torch.Tensor:
+        """Caption features per path; computed once per caption while the text encoder is frozen."""
+        texts = [self.captions(p) for p in paths]
+        if model.config.train_backbone:  # a fine-tuned text encoder changes every step: no cache
+            return model.caption_features(texts)
+        missing = sorted({t for t in texts if t not in self._caption_cache})
+        for start in range(0, len(missing), 64):
+            chunk = missing[start:start + 64]
+            with torch.no_grad():
+                feats = model.caption_features(chunk)
+            self._caption_cache.update(zip(chunk, feats.float()))
+        return torch.stack([self._caption_cache[t] for t in texts]).to(self.device)
+
+    # --- training -------------------------------------------------------------------------------
+
+    def fit_dataset(self, train: ComplexityDataset, val: ComplexityDataset | None = None, **_) -> dict:
+        r = self.recipe
+        torch.manual_seed(r.seed)
+        model = self.build_model().to(self.device)
+        cfg = model.config
+        if cfg.branches != "complexity" and self.captions is None:
+            raise ValueError(f"CM-SSA with branches={cfg.branches!r} needs captions of the training images")
+        low, high = label_range([train] + ([val] if val is not None and len(val) else []))
+        paths = train.full_paths()
+        targets = {p: (s - low) / (high - low) for p, s in zip(paths, train.scores)}
+        cacheable = self._cacheable(model)
+        if cacheable:
+            self._crop_features(model, paths)
+            paths = [p for p in paths if (p, 0) in self._crop_cache]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimiser = torch.optim.Adam(trainable, lr=r.lr, weight_decay=r.weight_decay)
+        use_amp = r.amp and self.device.type == "cuda"
+        rng = np.random.default_rng(r.seed)
+        best = (-np.inf, 0, copy.deepcopy(model.trainable_state_dict()))
+        self.history, stale = [], 0
+        for epoch in range(1, r.epochs + 1):
+            t0 = time.perf_counter()
+            model.train()
+            order = [paths[i] for i in rng.permutation(len(paths))]
+            batches = [order[i:i + r.batch_size] for i in range(0, len(order), r.batch_size)]
+            if len(batches) > 1 and len(batches[-1]) < 2:  # an in-batch softmax needs two captions
+                batches[-2].extend(batches.pop())
+            losses = []
+            for batch_paths, images in self._epoch_batches(model, batches, epoch, cacheable):
+                y = torch.tensor([targets[p] for p in batch_paths], dtype=torch.float32, device=self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    cap = (model.caption_embeddings(self._caption_features(model, batch_paths))
+                           if cfg.branches != "complexity" else None)
+                    loss, parts = model.training_step(images, y, cap, from_trunk=cacheable)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(parts)
+            row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2),
+                   **{k: float(np.mean([p[k] for p in losses])) for k in losses[0]}}
+            if val is not None and len(val):
+                self.model = model
+                row["val_srcc"] = self._selection_score(val)
+                if row["val_srcc"] > best[0]:
+                    best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.trainable_state_dict())), 0
+                else:
+                    stale += 1
+            self.history.append(row)
+            log.info("epoch %d: %s", epoch, row)
+            if r.patience is not None and stale >= r.patience:
+                break
+        if val is not None and len(val):
+            model.load_state_dict(best[2], strict=False)
+        model.eval()
+        self.model = model
+        return {"best_epoch": best[1] if val is not None and len(val) else len(self.history),
+                "epochs_run": len(self.history), "label_range": [low, high], "n_train": len(paths),
+                "selected_on": "validation" if val is not None and len(val) else "last epoch",
+                "history": self.history}
+
+    def _epoch_batches(self, model: CMSSA, batches: list[list[str]], epoch: int, cacheable: bool):
+        r = self.recipe
+        if cacheable:
+            draw = (epoch - 1) % r.train_crops
+            for batch in batches:
+                feats = np.stack([self._crop_cache[(p, draw)] for p in batch])
+                yield batch, torch.from_numpy(feats).to(self.device)
+            return
+        crop = RandomCrop(r.train_short_side, model.config.patch_size, r.seed)
+        flat = [p for b in batches for p in b]
+        loader = torch.utils.data.DataLoader(_CropFiles(flat, crop, epoch), batch_size=r.batch_size,
+                                             num_workers=default_num_workers() if r.num_workers is None else r.num_workers,
+                                             collate_fn=_collate_crops, pin_memory=self.device.type == "cuda")
+        for idx, pixels, errors in loader:
+            for _, message in errors:
+                log.warning("skipped in training: %s", message)
+            if pixels is not None and len(idx) >= 2:
+                yield [flat[i] for i in idx], model.normalize(pixels.to(self.device, non_blocking=True))
+
+    def _selection_score(self, val: ComplexityDataset) -> float:
+        scores, _ = self.score_files(val.full_paths())
+        ok = np.isfinite(scores)
+        cats = val.categories[ok]
+        if len(set(cats.tolist()) - {""}) > 1:
+            return float(np.mean([srcc(scores[ok][cats == c], val.scores[ok][cats == c]) for c in np.unique(cats)]))
+        return srcc(scores[ok], val.scores[ok])
+
+    # --- scoring --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score_files(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
+                    max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+        """Patch-averaged scores of ``paths`` (``nan`` where an image failed to load) and the errors."""
+        from ..scoring import score_paths
+
+        model = self._require_model()
+        model.eval()
+        paths = list(paths)
+        scores = np.full(len(paths), np.nan)
+        if model.config.branches == "alignment":
+            return self._score_alignment_only(model, paths, max_pixels)
+        if not self._cacheable(model):
+            errors = {}
+            for i, rec in enumerate(score_paths(paths, model, batch_size=batch_size, num_workers=num_workers,
+                                                max_pixels=max_pixels, progress=progress)):
+                if rec.error:
+                    errors[rec.path] = rec.error
+                else:
+                    scores[i] = rec.score
+            return scores, errors
+        errors = self._patch_features(model, paths, max_pixels)
+        level_emb = model.level_embeddings()
+        for i, p in enumerate(paths):
+            if p in self._patch_cache:
+                feats = torch.from_numpy(self._patch_cache[p]).to(self.device)
+                scores[i] = float(model.complexity_scores(model.complexity_image_embeddings(feats, True), level_emb).mean())
+        return scores, errors
+
+    def _score_alignment_only(self, model: CMSSA, paths: list[str], max_pixels) -> tuple[np.ndarray, dict[str, str]]:
+        """Table 3's alignment-only model scores image-caption pairs by Eq. 5's in-batch softmax, so
+        the score of an image depends on its batch: images are taken in ``batch_size`` groups in the
+        given order, each represented by the mean embedding of its patches."""
+        if not self._cacheable(model):
+            raise NotImplementedError("alignment-only evaluation is implemented for cacheable (frozen) trunks")
+        errors = self._patch_features(model, paths, max_pixels)
+        ok = [p for p in paths if p in self._patch_cache]
+        emb = torch.stack([model.alignment_image_embeddings(torch.from_numpy(self._patch_cache[p]).to(self.device),
+                                                            True).mean(0) for p in ok])
+        cap = model.caption_embeddings(self._caption_features(model, ok))
+        out = {}
+        for s in range(0, len(ok), self.recipe.batch_size):
+            part = alignment_scores(emb[s:s + self.recipe.batch_size], cap[s:s + self.recipe.batch_size], "paper",
+                                    model.config.align_logit_scale)
+            out.update(zip(ok[s:s + self.recipe.batch_size], part.tolist()))
+        return np.array([out.get(p, np.nan) for p in paths]), errors
+
+    def _require_model(self) -> CMSSA:
+        if self.model is None:
+            raise RuntimeError("train first: call fit_dataset(train, val)")
+        return self.model
+
+
+# --- `pyica train CONFIG` for CM-SSA ---------------------------------------------------------------
+
+def captions_for(config: dict, ds: ComplexityDataset, out_dir: Path, device: str = "auto") -> dict[str, str] | None:
+    """The captions a config asks for: ``{"file": PATH}`` (made elsewhere, e.g. by InstructBLIP) or
+    ``{"captioner": NAME, ...}`` (made now with `pyica.captions`, cached in ``out_dir`` and resumed)."""
+    spec = config.get("captions")
+    if not spec:
+        return None
+    from ..captions import caption_dataset, create_captioner, load_captions
+
+    if "file" in spec:
+        return load_captions(spec["file"])
+    options = {k: v for k, v in spec.items() if k != "captioner"}
+    target = out_dir / f"captions_{ds.name}_{spec['captioner']}.jsonl"
+    if not target.exists():
+        caption_dataset(ds.full_paths(), create_captioner(spec["captioner"], device=device, **options), target)
+    return load_captions(target)
+
+
+def train_from_config(config_path, *, root: str | None = None, output_dir: str | None = None, evaluate: bool = True,
+                      device: str = "auto", num_workers: int | None = None, progress: bool = True) -> dict:
+    """Evaluate the recipe under the config's protocol, train on the whole dataset (epoch chosen on a
+    carved-out validation part), write the trainable tensors and the card; returns the card."""
+    from ..data import load_dataset
+    from ..data.splits import carve_validation
+    from ..evaluation import run_protocol
+    from ..models.cmssa import CMSSAConfig, build_encoders, save_cmssa
+    from ..version import __version__
+    from .fit_head import headline_metrics, load_config
+
+    config = load_config(config_path)
+    ds = load_dataset(config["dataset"], root=root or config.get("root"))
+    out_dir = Path(output_dir or config.get("output_dir") or ".")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    recipe = TrainRecipe(**{**config.get("recipe", {}), "device": device,
+                            **({"num_workers": num_workers} if num_workers is not None else {})})
+    cmssa_config = CMSSAConfig(**config.get("cmssa", {}))
+    encoder_spec = config["encoders"]
+    captions = captions_for(config, ds, out_dir, device) if cmssa_config.branches != "complexity" else None
+    encoders = build_encoders(encoder_spec)  # built once; each fit starts from a fresh copy
+
+    def build() -> CMSSA:
+        return CMSSA(copy.deepcopy(encoders), cmssa_config)
+
+    trainer = CMSSATrainer(build, recipe, captions, name=config["model"])
+    evaluation = None
+    if evaluate and config.get("evaluation"):
+        ev = config["evaluation"]
+        result = run_protocol(config["model"], ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"],
+                              seed=ev["seed"], test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
+                              num_workers=num_workers, progress=progress)
+        evaluation = {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
+    everything = np.arange(len(ds))
+    val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
+    train_idx, val_idx = carve_validation(ds, everything, val_fraction, seed=recipe.seed)
+    fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
+    card = {"name": config["model"], "pyica_version": __version__, "encoders": encoder_spec,
+            "preprocessing": {"patches": f"shorter side resized to {cmssa_config.eval_short_side} px (bicubic), "
+                                         f"{cmssa_config.patch_size}-px patches every {cmssa_config.patch_stride} px, "
+                                         f"at most {cmssa_config.max_patches}; score = mean patch score"},
+            "score": {"range": [0.0, 1.0], "higher": "more complex",
+                      "meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
+            "training": {"dataset": ds.name, "images": fit["n_train"], "recipe": recipe.to_dict(),
+                         "best_epoch": fit["best_epoch"], "selected_on": fit["selected_on"],
+                         "captions": config.get("captions"), "config_file": config["config_file"],
+                         "history": fit["history"]},
+            "evaluation": evaluation}
+    return save_cmssa(trainer.model, out_dir / f"{config['model']}.safetensors", card)
