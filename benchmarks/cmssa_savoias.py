@@ -35,7 +35,7 @@ from common import RESULTS, default_savoias_root, machine_description, update_re
 from pyica.data import load_dataset  # noqa: E402
 from pyica.evaluation import run_protocol  # noqa: E402
 from pyica.models.cmssa import CMSSA, CMSSAConfig, build_encoders  # noqa: E402
-from pyica.reports import format_table, summarise, write_results_csv  # noqa: E402
+from pyica.reports import format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
 from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe  # noqa: E402
 
 MAIN = {"branches": "both", "levels": 5, "alpha": 0.1, "beta": 0.9}
@@ -119,7 +119,9 @@ def main(argv=None) -> None:
         settings.append(("main (paper defaults)", "Table 1", {}, args.splits))
     if args.only in ("all", "ablations"):
         settings += [(label, table, changes, args.ablation_splits) for table, label, changes in ABLATIONS]
-    rows = []
+    # rows of settings not rerun now are kept, so main and ablations can be run separately
+    labels = {label for label, *_ in settings}
+    rows = [r for r in (read_results_csv(args.out) if args.out.exists() else []) if r["setting"] not in labels]
     for label, table, changes, n_splits in settings:
         print(f"\n== {label}: {n_splits} splits", flush=True)
         rows.append(run_setting(label, table, changes, n_splits, trainer, encoders, ds, args))

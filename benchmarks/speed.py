@@ -56,7 +56,7 @@ SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "imm
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--models", nargs="*", default=None,
-                   help="registered model names (default: the default model and every learned model)")
+                   help="registered model names (default: the default model and every learned model that ships weights)")
     p.add_argument("--all", action="store_true", help="also benchmark every classic measure")
     p.add_argument("--images", type=int, default=256, help="number of generated test images N (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random crops/flips that make the images differ")
@@ -193,7 +193,8 @@ def readme_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    names = args.models or sorted({pyica.DEFAULT_MODEL, *pyica.list_models(kind="learned")}
+    shipped = [n for n in pyica.list_models(kind="learned") if not get_entry(n).needs_weights]
+    names = args.models or sorted({pyica.DEFAULT_MODEL, *shipped}
                                   | (set(pyica.list_models(kind="classic")) if args.all else set()))
     for name in names:
         try:

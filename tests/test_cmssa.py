@@ -247,3 +247,48 @@ def test_trainer_is_evaluated_by_the_common_protocol(tokenizer, tmp_path):
     pooled = [r for r in result.rows if r["category"] == "pooled"]
     assert len(pooled) == 2 and all(np.isfinite(r["srcc"]) for r in pooled)
     assert list((tmp_path / "cache").glob("cmssa_*.npz"))  # trunk features kept for the next run
+
+
+# --- weights, cards, `pyica train` and `pyica score --weights` on the real offline encoders ----------
+
+@pytest.mark.slow
+def test_train_config_writes_weights_that_score_through_the_registry(tmp_path):
+    import json
+
+    from pyica.cli import main
+    from pyica.data.manifest import write_manifest
+    from pyica.models.cmssa import load_cmssa
+    from pyica.registry import create_model
+
+    ds = _toy_dataset(tmp_path, n=8)
+    manifest = write_manifest(ds, tmp_path / "toy.csv")
+    config = {"method": "cmssa", "model": "cmssa_offline.lite2_minilm", "dataset": manifest.name,
+              "encoders": {"kind": "offline", "image_variant": "lite2", "embed_dim": 32},
+              "cmssa": {"n_ctx": 2, "depth": 2, "max_patches": 1, "eval_short_side": 224},
+              "recipe": {"epochs": 2, "batch_size": 4, "train_crops": 1, "train_short_side": 224, "num_workers": 0},
+              "captions": {"captioner": "imagenet-labels", "top_k": 2},
+              "evaluation": None, "output_dir": "out"}
+    (tmp_path / "cmssa.json").write_text(json.dumps(config))
+    assert main(["train", str(tmp_path / "cmssa.json"), "--workers", "0", "-q"]) == 0
+    weights = tmp_path / "out" / "cmssa_offline.lite2_minilm.safetensors"
+    card = json.loads(weights.with_suffix(".json").read_text())
+    assert card["weights"]["holds"] == "trainable tensors only" and card["training"]["images"] >= 6
+    assert (tmp_path / "out" / "captions_toy_imagenet-labels.jsonl").is_file()
+
+    model = create_model("cmssa_offline.lite2_minilm", weights=str(weights))
+    image = Image.open(ds.full_paths()[0]).convert("RGB")
+    again = load_cmssa(weights)
+    torch.testing.assert_close(model.score_images([image]), again.score_images([image]))
+    out = tmp_path / "scores.csv"
+    assert main(["score", str(tmp_path), "-o", str(out), "-m", "cmssa_offline.lite2_minilm", "--weights",
+                 str(weights), "--workers", "0", "-q"]) == 0
+    assert len(out.read_text().strip().splitlines()) == 1 + 8
+
+    # a damaged file is refused; no weights at all is a clear error
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_cmssa(weights)
+    with pytest.raises(ValueError, match="--weights"):
+        create_model("cmssa_offline.lite2_minilm")

@@ -200,7 +200,7 @@ def cmd_list(args) -> int:
     width = max((len(n) for n in names), default=4) + 2
     for n in names:
         entry = get_entry(n)
-        mark = " (default)" if n == DEFAULT_MODEL else ""
+        mark = " (default)" if n == DEFAULT_MODEL else (" [needs --weights]" if entry.needs_weights else "")
         print(f"{n:<{width}}{entry.kind:<9}{entry.description}{mark}")
     return 0
 

@@ -42,6 +42,7 @@ class ModelEntry:
     lower_better: bool = False
     reference: str = ""
     extras: tuple[str, ...] = ()  # pip extras this model needs beyond the core install
+    needs_weights: bool = False  # ships no weights: build it with weights=PATH (your own training)
     card: dict = field(default_factory=dict)  # weights card (architecture, data, metrics, sha256)
 
 
@@ -59,6 +60,7 @@ def register_model(
     reference: str = "",
     extras: tuple[str, ...] = (),
     card: dict | None = None,
+    needs_weights: bool = False,
 ) -> Callable:
     """Decorator registering ``builder(**kwargs) -> ComplexityModel`` under ``name``."""
     if kind not in ("classic", "learned"):
@@ -77,6 +79,7 @@ def register_model(
             reference=reference,
             extras=tuple(extras),
             card=dict(card or {}),
+            needs_weights=needs_weights,
         )
         return builder
 
@@ -124,6 +127,7 @@ def model_info(name: str) -> dict:
         "score_range": list(entry.score_range) if entry.score_range else None,
         "reference": entry.reference,
         "extras": list(entry.extras),
+        "needs_weights": entry.needs_weights,
         "default": entry.name == DEFAULT_MODEL,
         "card": entry.card,
     }

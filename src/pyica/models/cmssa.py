@@ -439,8 +439,8 @@ def _register(name: str) -> None:
             raise ValueError(f"{weights}: trained with {model.card.get('encoders')}, not {name}'s encoders")
         return model
 
-    register_model(name, description=f"CM-SSA (cross-modal scene-semantic alignment) on {source}; needs --weights",
-                   kind="learned", score_range=(0.0, 1.0), extras=("cmssa",),
+    register_model(name, description=f"CM-SSA (cross-modal scene-semantic alignment) on {source}",
+                   kind="learned", score_range=(0.0, 1.0), extras=("cmssa",), needs_weights=True,
                    reference="Luo, Li et al., CM-SSA, BMVC 2025")(build)
 
 

@@ -284,21 +284,23 @@ class CMSSATrainer:
             if val is not None and len(val):
                 self.model = model
                 row["val_srcc"] = self._selection_score(val)
-                if row["val_srcc"] > best[0]:
+                if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
                     best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.trainable_state_dict())), 0
-                else:
+                elif np.isfinite(row["val_srcc"]):
                     stale += 1
             self.history.append(row)
             log.info("epoch %d: %s", epoch, row)
             if r.patience is not None and stale >= r.patience:
                 break
-        if val is not None and len(val):
+        # a validation part too small for a correlation (all NaN) cannot choose: keep the last epoch
+        selected = val is not None and len(val) and best[1] > 0
+        if selected:
             model.load_state_dict(best[2], strict=False)
         model.eval()
         self.model = model
-        return {"best_epoch": best[1] if val is not None and len(val) else len(self.history),
+        return {"best_epoch": best[1] if selected else len(self.history),
                 "epochs_run": len(self.history), "label_range": [low, high], "n_train": len(paths),
-                "selected_on": "validation" if val is not None and len(val) else "last epoch",
+                "selected_on": "validation" if selected else "last epoch",
                 "history": self.history}
 
     def _epoch_batches(self, model: CMSSA, batches: list[list[str]], epoch: int, cacheable: bool):
