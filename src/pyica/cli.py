@@ -186,6 +186,40 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised pretraining of an image encoder (CLICv2) on unlabeled images",
+        description="Pretraining learns an image encoder from unlabeled images alone (CLICv2: patch-wise "
+                    "contrastive learning plus masked entropy modelling); a complexity model is then trained on "
+                    "the frozen encoder (probing). The config (configs/clicv2/) names the model, the data "
+                    "(image folders, CSV manifests, WebDataset-style .tar shards with brace patterns such as "
+                    "shards/ic1m-{000000..000149}.tar) and the recipe (AdamW, linear lr scaling with the global "
+                    "batch, warm-up then cosine). OUTPUT_DIR gets last.pt (checkpoint every checkpoint_every "
+                    "steps and at the end), log.jsonl (loss parts, lr, images/s) and, at the end, "
+                    "encoder.safetensors with its JSON card. A stopped run continues exactly with --resume. "
+                    "Several GPUs: torchrun --nproc_per_node 4 -m pyica pretrain CONFIG (batch_size is the "
+                    "global batch, split across the processes; only rank 0 writes).",
+    )
+    p.add_argument("config", help="JSON config, e.g. configs/clicv2/clicv2_vit_tiny.cpu.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT_DIR/last.pt when it exists (the same samples and losses as an "
+                        "uninterrupted run); without it an existing last.pt is an error")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after global step N (the lr schedule still spans the whole config); writes the "
+                        "checkpoint and the encoder so far; continue later with --resume")
+    p.add_argument("--source", action="append", default=None, metavar="PATH",
+                   help="data source replacing the config's data.sources (repeatable): image folder, CSV "
+                        "manifest, .tar shard, glob or brace pattern")
+    p.add_argument("--output-dir", help="where to write (default: the config's output_dir)")
+    p.add_argument("--device", default="auto",
+                   help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1' (default: auto; under "
+                        "torchrun each process uses its LOCAL_RANK GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes per training process that decode images "
+                        "(default: spare CPU cores, at most 8; 0 = load in the main process)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 
@@ -380,6 +414,20 @@ def cmd_train(args) -> int:
                   f"{m['plcc_std']:.3f} over {m['n_splits']} splits", file=sys.stderr)
     print(f"pyica: wrote {result['weights']['file']} (sha256 {result['weights']['sha256'][:12]}...) and its card",
           file=sys.stderr)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from .training.pretrain import pretrain
+
+    summary = pretrain(args.config, resume=args.resume, max_steps=args.max_steps, device=args.device,
+                       num_workers=args.workers, progress=not args.quiet, sources=args.source,
+                       output_dir=args.output_dir)
+    if not args.quiet and summary.get("encoder"):
+        loss = summary["final_loss"]
+        print(f"pyica: {summary['steps']}/{summary['total_steps']} steps, {summary['samples_seen']} samples, "
+              f"final loss {loss if loss is None else f'{loss:.4f}'}, {summary['seconds']:.1f} s -> "
+              f"{summary['encoder']}", file=sys.stderr)
     return 0
 
 

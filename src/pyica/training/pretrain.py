@@ -1,0 +1,583 @@
+"""``pyica pretrain CONFIG``: self-supervised pretraining of an image encoder (CLICv2) on unlabeled images.
+
+Pretraining learns an encoder from images alone; a complexity model is then trained on top of the
+frozen encoder ("probing"). A config is a JSON file (see ``configs/clicv2/``); paths in it are
+relative to the config file::
+
+    {"method": "clicv2",
+     "model": {...},                       # CLICv2Config fields
+     "data": {"sources": ["../../data/ic1m/shards/ic1m-{000000..000149}.tar"],   # folders, CSVs, shards
+              "image_size": 224, "exclude_manifest": null},    # CSV of images never to train on
+     "optim": {"lr": 0.003, "base_batch": 2048, "batch_size": 2048, "weight_decay": 0.05,
+               "betas": [0.9, 0.95], "epochs": 300, "warmup_epochs": 40,
+               "samples_per_epoch": null, "clip_grad": null, "min_lr": 0.0},
+     "seed": 0, "amp": true, "checkpoint_every": 500, "log_every": 10,
+     "sync_bn": false,                     # multi-GPU CUDA: BatchNorm statistics over all processes
+     "output_dir": "../../runs/clicv2_vit_b32"}
+
+Recipe (methods.md 2.2, CLICv2): AdamW, betas (0.9, 0.95), weight decay 0.05 on weight matrices
+only (no decay on biases, normalisation weights, positional embeddings and cls/mask tokens, the
+MAE / MoCo v3 convention), learning rate ``lr * batch_size / base_batch`` (the linear scaling rule:
+the paper's 0.003 is for a batch of 2048), linear warm-up over ``warmup_epochs`` then cosine decay to
+``min_lr``, both per step. ``batch_size`` is the **global** batch: with ``torchrun`` each of the
+``W`` processes takes ``batch_size / W`` images a step, so a config means the same run on any number
+of GPUs. An epoch is ``samples_per_epoch`` (default: all images) // ``batch_size`` steps.
+
+Multi-GPU: ``torchrun --nproc_per_node 4 -m pyica pretrain CONFIG``. The process group is set up from
+the ``RANK``/``WORLD_SIZE`` variables torchrun exports (NCCL on CUDA, gloo on CPU), the model is
+wrapped in ``DistributedDataParallel``, the data stream gives every rank its own disjoint part, and
+only rank 0 writes checkpoints, logs and the encoder.
+
+Outputs in ``output_dir``: ``last.pt`` (checkpoint, every ``checkpoint_every`` steps and at the end),
+``log.jsonl`` (one row every ``log_every`` steps: loss and its parts, lr, images/s), and at the end
+``encoder.safetensors`` (the query encoder, what probing uses) with its card ``encoder.json``.
+
+Exact resume: ``last.pt`` holds the model and optimiser states, the step, the data stream's state
+``(epoch, positions consumed)`` and the Python/NumPy/torch RNG states, all as tensors and plain
+containers (it loads with ``torch.load(weights_only=True)``). The data stream's order and crops are
+functions of ``(seed, epoch, position)`` only (see :mod:`pyica.data.streams`), and the generator
+handed to the model is re-seeded before every step from ``(seed, rank, step)``, so a resumed run
+computes on CPU bit for bit the losses the uninterrupted run computed (on CUDA, up to the
+non-determinism of cuDNN and atomics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import random
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoints import save_tensors
+from ..runtime import resolve_device
+from ..writers import replace_atomically, write_json_atomic
+
+__all__ = ["pretrain", "load_pretrain_config", "lr_at", "param_groups", "build_optimizer", "BUILDERS",
+           "CHECKPOINT", "ENCODER", "CARD", "LOG"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT, ENCODER, CARD, LOG = "last.pt", "encoder.safetensors", "encoder.json", "log.jsonl"
+_FORMAT = "pyica.pretrain/1"
+
+_OPTIM_DEFAULTS = {"lr": 0.003, "base_batch": 2048, "batch_size": 64, "weight_decay": 0.05, "betas": [0.9, 0.95],
+                   "eps": 1e-8, "epochs": 300, "warmup_epochs": 40, "min_lr": 0.0, "clip_grad": None,
+                   "samples_per_epoch": None}
+_DATA_DEFAULTS = {"image_size": None, "exclude_manifest": None, "jpeg_draft": True, "max_pixels": None}
+_TOP_DEFAULTS = {"method": "clicv2", "model": {}, "seed": 0, "amp": True, "checkpoint_every": 500, "log_every": 10,
+                 "find_unused_parameters": False, "sync_bn": False}
+
+#: Names (or name parts) of parameters that get no weight decay besides every 1-D tensor.
+NO_DECAY_NAMES = ("pos_embed", "position_embedding", "pos_emb", "cls_token", "mask_token", "dist_token",
+                  "register_tokens", "relative_position_bias_table")
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+def _build_clicv2(model_config: dict) -> nn.Module:
+    from ..models.clicv2 import CLICv2, CLICv2Config
+
+    return CLICv2(CLICv2Config(**model_config))
+
+
+#: ``method`` -> builder taking the config's ``model`` dict.
+BUILDERS: dict[str, Callable[[dict], nn.Module]] = {"clicv2": _build_clicv2}
+
+
+def load_pretrain_config(config: str | os.PathLike | dict, *, sources: list[str] | None = None,
+                         output_dir: str | None = None) -> dict[str, Any]:
+    """The config with defaults filled in and paths made absolute (relative to the config file,
+    or to the current folder for a dict). ``sources``/``output_dir`` replace the config's."""
+    if isinstance(config, dict):
+        raw, base, name = json.loads(json.dumps(config)), Path.cwd(), "<dict>"
+    else:
+        path = Path(config)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: config not found") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        base, name = path.resolve().parent, path.name
+
+    def absolute(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.normpath(str(base / p))
+
+    cfg = {**_TOP_DEFAULTS, **raw}
+    cfg["data"] = {**_DATA_DEFAULTS, **raw.get("data", {})}
+    cfg["optim"] = {**_OPTIM_DEFAULTS, **raw.get("optim", {})}
+    data, optim = cfg["data"], cfg["optim"]
+    if sources:
+        data["sources"] = [os.path.abspath(s) for s in sources]
+    elif data.get("sources"):
+        data["sources"] = [absolute(s) for s in ([data["sources"]] if isinstance(data["sources"], str) else data["sources"])]
+    else:
+        raise ValueError(f"{name}: data.sources is missing (image folders, CSV manifests or tar shards)")
+    if data.get("exclude_manifest"):
+        data["exclude_manifest"] = absolute(data["exclude_manifest"])
+    if output_dir:
+        cfg["output_dir"] = os.path.abspath(output_dir)
+    elif cfg.get("output_dir"):
+        cfg["output_dir"] = absolute(cfg["output_dir"])
+    else:
+        raise ValueError(f"{name}: output_dir is missing")
+    if data.get("samples_per_epoch") and not optim.get("samples_per_epoch"):
+        optim["samples_per_epoch"] = data["samples_per_epoch"]
+    if data["image_size"] is None:
+        data["image_size"] = int(cfg["model"].get("image_size", 224))
+    for key in ("batch_size", "base_batch", "epochs"):
+        if not optim[key] or optim[key] <= 0:
+            raise ValueError(f"{name}: optim.{key} must be positive, not {optim[key]!r}")
+    if not 0 <= optim["warmup_epochs"] <= optim["epochs"]:
+        raise ValueError(f"{name}: optim.warmup_epochs must be in 0..epochs")
+    if cfg["checkpoint_every"] <= 0 or cfg["log_every"] <= 0:
+        raise ValueError(f"{name}: checkpoint_every and log_every must be positive")
+    cfg["config_file"] = name
+    return cfg
+
+
+# --- optimisation ------------------------------------------------------------------------------------
+
+def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
+    """Learning rate of (0-based) ``step``: linear warm-up ``peak * (step + 1) / warmup_steps``,
+    then cosine from ``peak`` down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _no_decay(name: str, p: torch.Tensor, extra: set[str]) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return p.ndim <= 1 or last == "bias" or name in extra or any(k in name for k in NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters in two AdamW groups: decayed weight matrices, and the rest (1-D tensors:
+    biases, norms; positional embeddings, cls/mask tokens; names from ``model.no_weight_decay()``)."""
+    extra = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if _no_decay(name, p, extra) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def build_optimizer(model: nn.Module, optim: dict, peak_lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` (fused kernels on CUDA)."""
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(param_groups(model, optim["weight_decay"]), lr=peak_lr, betas=tuple(optim["betas"]),
+                             eps=optim["eps"], **extra)
+
+
+# --- RNG states as tensors and plain lists (weights_only-loadable) ------------------------------------
+
+def _rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """Seed of the model's generator at ``step`` on ``rank``: a function of nothing else."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# --- distributed -------------------------------------------------------------------------------------
+
+class _Dist:
+    """This process's place in a torchrun launch (or a single process)."""
+
+    def __init__(self, device: str | torch.device):
+        import torch.distributed as dist
+
+        self.created = False
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            dev = resolve_device(device)
+            if dev.type == "cuda":
+                dev = torch.device("cuda", local if dev.index is None else dev.index)
+                torch.cuda.set_device(dev)
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+            self.created = True
+        if dist.is_available() and dist.is_initialized():
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+            self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+        else:
+            self.rank, self.world, self.local_rank, self.local_world = 0, 1, 0, 1
+        dev = resolve_device(device)
+        if dev.type == "cuda" and self.world > 1 and dev.index is None:
+            dev = torch.device("cuda", self.local_rank)
+        self.device = dev
+        if dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.created:
+            torch.distributed.destroy_process_group()
+
+
+def _default_workers(local_world: int) -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(1, local_world) - 1))
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+class _StopFlag:
+    """Set by SIGTERM (preemption) or a first Ctrl-C: the loop finishes the current step, writes a
+    checkpoint and returns (a checkpoint is never taken in the middle of an update). A second
+    Ctrl-C interrupts at once, without a checkpoint."""
+
+    def __init__(self):
+        self.set, self._old = False, {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        if signum == signal.SIGINT and self.set:
+            raise KeyboardInterrupt
+        log.warning("%s: stopping after this step, with a checkpoint (Ctrl-C again: stop now, without one)",
+                    signal.Signals(signum).name)
+        self.set = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _exclude_paths(manifest: str | None) -> set[str]:
+    if not manifest:
+        return set()
+    from ..scoring import iter_image_paths
+
+    if not Path(manifest).is_file():
+        raise FileNotFoundError(f"{manifest}: exclude_manifest not found")
+    return set(iter_image_paths([manifest]))
+
+
+def _trim_log(path: Path, last_step: int) -> None:
+    """Keep the rows of steps <= ``last_step`` (a run that stopped after its checkpoint logged more)."""
+    if not path.exists():
+        return
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                rows.append(line)
+        except json.JSONDecodeError:
+            break
+    replace_atomically(path, lambda temp: Path(temp).write_text("".join(rows), encoding="utf-8"))
+
+
+def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_steps: int | None = None,
+             build_model: Callable[[dict], nn.Module] | None = None, device: str | torch.device = "auto",
+             num_workers: int | None = None, progress: bool = True, sources: list[str] | None = None,
+             output_dir: str | None = None) -> dict[str, Any]:
+    """Run a pretraining config (module doc); returns a summary (steps, loss, files written).
+
+    Args:
+        config: JSON config path, or the config as a dict (its paths relative to the current folder).
+        resume: continue from ``output_dir/last.pt`` when it exists (else start fresh). Without it an
+            existing ``last.pt`` is an error, so that a finished or running job is never overwritten.
+        max_steps: stop once the global step count reaches this (the schedule still spans the whole
+            config); a checkpoint, the encoder and its card (``finished: false``) are written.
+        build_model: ``model_config -> nn.Module`` instead of the config method's builder (tests).
+        device: ``auto``, ``cpu``, ``cuda``, ...; under torchrun each process takes its local GPU.
+        num_workers: DataLoader workers per process (default: spare cores, at most 8).
+        progress: show a progress bar (rank 0).
+        sources, output_dir: replace the config's data sources / output folder.
+    """
+    cfg = load_pretrain_config(config, sources=sources, output_dir=output_dir)
+    dist = _Dist(device)
+    try:
+        return _run(cfg, dist, resume=resume, max_steps=max_steps, build_model=build_model,
+                    num_workers=num_workers, progress=progress)
+    finally:
+        dist.close()
+
+
+def _run(cfg: dict, dist: _Dist, *, resume: bool, max_steps: int | None, build_model, num_workers, progress) -> dict:
+    from ..data.streams import UnlabeledImages
+    from ..scoring import progress_bar
+
+    t_start = time.perf_counter()
+    started = datetime.now(timezone.utc)
+    out = Path(cfg["output_dir"])
+    ckpt_path, log_path = out / CHECKPOINT, out / LOG
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another output_dir")
+    device, seed, optim_cfg, data_cfg = dist.device, int(cfg["seed"]), cfg["optim"], cfg["data"]
+
+    global_batch = int(optim_cfg["batch_size"])
+    if global_batch % dist.world:
+        raise ValueError(f"optim.batch_size {global_batch} is not divisible by the {dist.world} processes")
+    per_rank = global_batch // dist.world
+    stream = UnlabeledImages(
+        data_cfg["sources"], data_cfg["image_size"], seed=seed, exclude=_exclude_paths(data_cfg["exclude_manifest"]),
+        batch_size=per_rank, drop_last=True, samples_per_epoch=optim_cfg["samples_per_epoch"], rank=dist.rank,
+        world_size=dist.world, max_pixels=data_cfg["max_pixels"], jpeg_draft=data_cfg["jpeg_draft"])
+    steps_per_epoch = stream.num_samples // global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{stream.num_samples} images per epoch are fewer than one batch of {global_batch}")
+    total_steps = int(round(optim_cfg["epochs"] * steps_per_epoch))
+    warmup_steps = int(round(optim_cfg["warmup_epochs"] * steps_per_epoch))
+    peak_lr = optim_cfg["lr"] * global_batch / optim_cfg["base_batch"]
+    stop_at = total_steps if max_steps is None else min(total_steps, int(max_steps))
+    if dist.main:
+        log.info("pretraining on %s: %d images per epoch, %d steps per epoch of %d images, %d steps, peak lr %.3g",
+                 device, stream.num_samples, steps_per_epoch, global_batch, total_steps, peak_lr)
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    builder = build_model or BUILDERS.get(cfg["method"])
+    if builder is None:
+        raise ValueError(f"unknown method {cfg['method']!r}; known: {', '.join(BUILDERS)}")
+    model = builder(dict(cfg["model"])).to(device)
+    model.train()
+    optimizer = build_optimizer(model, optim_cfg, peak_lr, device)
+    generator = torch.Generator(device=device)
+
+    step, epoch, consumed, elapsed_before, resumed_from = 0, 0, 0, 0.0, None
+    last_loss, last_parts = None, {}
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != _FORMAT:
+            raise ValueError(f"{ckpt_path}: not a pyica pretraining checkpoint")
+        _check_compatible(ckpt, global_batch, stream.num_samples, seed)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, epoch, consumed = int(ckpt["step"]), int(ckpt["data"]["epoch"]), int(ckpt["data"]["consumed"])
+        elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+        if ckpt.get("last_loss") is not None:
+            last_loss, last_parts = torch.tensor(ckpt["last_loss"]), dict(ckpt.get("last_parts", {}))
+        _set_rng_state(ckpt["rng"])
+        if ckpt.get("generator") is not None and dist.rank == 0:  # rank 0's; re-seeded every step anyway
+            try:
+                generator.set_state(ckpt["generator"])
+            except RuntimeError:  # saved on another device type: harmless, see _step_seed
+                pass
+        resumed_from = step
+        if dist.main:
+            _trim_log(log_path, step)
+            log.info("resumed %s at step %d (epoch %d, %d samples into it)", ckpt_path, step, epoch, consumed)
+        del ckpt
+    elif resume and dist.main:
+        log.info("no checkpoint in %s: starting from step 0", out)
+
+    net: nn.Module = model
+    if dist.world > 1 and device.type == "cuda" and cfg["sync_bn"]:
+        net = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys
+    if dist.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(cfg["find_unused_parameters"]), gradient_as_bucket_view=True)
+    use_amp = bool(cfg["amp"]) and device.type == "cuda"
+    clip = optim_cfg["clip_grad"]
+    workers = _default_workers(dist.local_world) if num_workers is None else int(num_workers)
+    log_every, ckpt_every = int(cfg["log_every"]), int(cfg["checkpoint_every"])
+
+    def save_checkpoint() -> None:
+        state = {"format": _FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": step, "scheduler": {"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps,
+                                             "peak_lr": peak_lr},
+                 "data": {"epoch": epoch, "consumed": consumed, "seed": seed, "global_batch": global_batch,
+                          "samples_per_epoch": stream.num_samples},
+                 "samples_seen": step * global_batch, "rng": _rng_state(), "generator": generator.get_state(),
+                 "world_size": dist.world, "elapsed_s": elapsed_before + time.perf_counter() - t_start,
+                 "last_loss": None if last_loss is None else float(last_loss),
+                 "last_parts": {k: float(v) for k, v in last_parts.items()},
+                 "config": {k: v for k, v in cfg.items()}}
+        replace_atomically(ckpt_path, lambda temp: torch.save(state, temp), suffix=".pt")
+
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    bar = progress_bar((stop_at - step) * global_batch, progress and dist.main)
+    log_file = open(log_path, "a", encoding="utf-8") if dist.main else None
+    saved_at, lr = step, None
+    window_t, window_steps = time.perf_counter(), 0
+    try:
+        with _StopFlag() as stop:
+            while step < stop_at and not stop.set:
+                stream.set_state(epoch, consumed)
+                loader = torch.utils.data.DataLoader(
+                    stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                    prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
+                for batch in loader:
+                    if batch.shape[0] == 0:
+                        if dist.world > 1:
+                            raise RuntimeError(f"step {step + 1}: every image of this process's batch was unreadable")
+                        log.warning("step %d: every image of the batch was unreadable; no update", step + 1)
+                    else:
+                        lr = lr_at(step, peak_lr, warmup_steps, total_steps, optim_cfg["min_lr"])
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
+                        generator.manual_seed(_step_seed(seed, dist.rank, step))
+                        images = batch.to(device, non_blocking=True).float().div_(255.0)
+                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                            loss, parts = net(images, generator)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        if clip:
+                            nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+                        optimizer.step()
+                        if callable(getattr(model, "momentum_update", None)):
+                            model.momentum_update()
+                        last_loss, last_parts = loss.detach(), parts
+                    step += 1
+                    consumed += global_batch
+                    window_steps += 1
+                    bar.update(global_batch)
+                    epoch_done = consumed >= steps_per_epoch * global_batch
+                    if epoch_done:
+                        epoch, consumed = epoch + 1, 0
+                    if dist.main and (step % log_every == 0 or step == stop_at) and last_loss is not None:
+                        now = time.perf_counter()
+                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
+                               "loss": float(last_loss),
+                               "images_per_s": round(window_steps * global_batch / max(now - window_t, 1e-9), 2),
+                               "samples_seen": step * global_batch}
+                        for key, value in last_parts.items():
+                            row.setdefault(key, float(value))
+                        if not math.isfinite(row["loss"]):
+                            raise RuntimeError(f"loss is {row['loss']} at step {step}; the last checkpoint is {ckpt_path}")
+                        log_file.write(json.dumps(row) + "\n")
+                        log_file.flush()
+                        window_t, window_steps = now, 0
+                    if step % ckpt_every == 0 and step < stop_at:
+                        if dist.main:
+                            save_checkpoint()
+                            saved_at = step
+                    if dist.world > 1:  # every process must stop at the same step
+                        flag = torch.tensor([float(stop.set)], device=device)
+                        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                        stop.set = bool(flag.item())
+                    if epoch_done or step >= stop_at or stop.set:
+                        break
+                else:  # the stream ended before the epoch's steps (cannot happen with a fixed index)
+                    log.warning("epoch %d ended after %d of %d steps", epoch, consumed // global_batch, steps_per_epoch)
+                    epoch, consumed = epoch + 1, 0
+                del loader
+            if dist.main and (saved_at != step or not ckpt_path.exists()):
+                save_checkpoint()
+            if stop.set and dist.main:
+                log.warning("stopped at step %d; checkpoint %s (continue with --resume)", step, ckpt_path)
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+
+    seconds = time.perf_counter() - t_start
+    summary = {"steps": step, "total_steps": total_steps, "finished": step >= total_steps,
+               "epochs_done": round(step / steps_per_epoch, 4), "samples_seen": step * global_batch,
+               "final_loss": float(last_loss) if last_loss is not None else None, "final_parts": last_parts,
+               "resumed_from": resumed_from, "stopped_by_signal": stop.set, "seconds": round(seconds, 3),
+               "seconds_total": round(elapsed_before + seconds, 3), "world_size": dist.world,
+               "output_dir": str(out), "checkpoint": str(ckpt_path)}
+    if dist.main:
+        summary.update(_write_encoder(model, cfg, stream, summary, dist, device, started, steps_per_epoch,
+                                      warmup_steps, peak_lr, global_batch))
+    dist.barrier()
+    return summary
+
+
+def _check_compatible(ckpt: dict, global_batch: int, num_samples: int, seed: int) -> None:
+    data = ckpt["data"]
+    if data["global_batch"] != global_batch or data["samples_per_epoch"] != num_samples or data["seed"] != seed:
+        log.warning("the checkpoint was made with batch %s, %s samples per epoch and seed %s; this run has %s, %s "
+                    "and %s: the data order will not continue exactly", data["global_batch"],
+                    data["samples_per_epoch"], data["seed"], global_batch, num_samples, seed)
+
+
+def _write_encoder(model, cfg, stream, summary, dist, device, started, steps_per_epoch, warmup_steps, peak_lr,
+                   global_batch) -> dict:
+    from ..version import __version__
+
+    out = Path(cfg["output_dir"])
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise AttributeError(f"{type(model).__name__} has no .encoder to save")
+    tensors = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
+    sha = save_tensors(tensors, out / ENCODER, metadata={"format": "pyica.pretrained_encoder",
+                                                         "method": str(cfg["method"]), "pyica_version": __version__})
+    card = {
+        "name": f"{cfg['method']}_encoder",
+        "pyica_version": __version__,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "method": cfg["method"],
+        "model": cfg["model"],
+        "encoder_class": type(encoder).__name__,
+        "parameters": int(sum(t.numel() for t in tensors.values())),
+        "weights": {"file": ENCODER, "sha256": sha, "format": "safetensors",
+                    "tensors": {k: list(v.shape) for k, v in tensors.items()}},
+        "training": {
+            "finished": summary["finished"], "steps": summary["steps"], "total_steps": summary["total_steps"],
+            "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "epochs_done": summary["epochs_done"],
+            "samples_seen": summary["samples_seen"], "global_batch": global_batch, "peak_lr": peak_lr,
+            "final_loss": summary["final_loss"], "final_parts": summary["final_parts"],
+            "data": stream.describe(), "seconds_this_run": summary["seconds"],
+            "seconds_total": summary["seconds_total"], "started_utc": started.isoformat(timespec="seconds"),
+            "world_size": dist.world, "device": str(device),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "numpy": np.__version__, "machine": platform.machine()},
+            "config": cfg, "log": LOG, "checkpoint": CHECKPOINT,
+        },
+        "use": "the frozen query encoder for probing (e.g. inside an ICNet head); load with "
+               "pyica.checkpoints.load_tensors(path, sha256) and the model's encoder.load_state_dict",
+    }
+    write_json_atomic(out / CARD, card)
+    return {"encoder": str(out / ENCODER), "card": str(out / CARD), "encoder_sha256": sha}
