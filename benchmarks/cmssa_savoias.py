@@ -12,7 +12,7 @@ ablations of Table 3 (branches), Table 4 (3/7 levels) and Table 6 (alpha/beta) o
 ``--ablation-splits`` splits (each costs a full training per split).
 
     python benchmarks/cmssa_savoias.py                      # main on 10 splits, ablations on 3
-    python benchmarks/cmssa_savoias.py --only main --splits 2
+    python benchmarks/cmssa_savoias.py --only main --splits 3 --tag "first 3 splits"   # beside the ablations
 
 The frozen trunk's outputs (4 training crops and up to 9 test patches per image) are cached in
 ``--cache-dir``. Writes ``benchmarks/results/cmssa_savoias.csv`` and the README's ``cmssa`` table.
@@ -64,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for feature extraction")
     p.add_argument("--out", type=Path, default=RESULTS / "cmssa_savoias.csv", help="results CSV")
     p.add_argument("--no-readme", action="store_true", help="do not update the README table")
+    p.add_argument("--tag", default="", help="appended to the setting names of this run (e.g. 'first 3 splits'), "
+                                              "so its rows are kept beside those of other runs")
     return p.parse_args(argv)
 
 
@@ -120,6 +122,8 @@ def main(argv=None) -> None:
     if args.only in ("all", "ablations"):
         settings += [(label, table, changes, args.ablation_splits) for table, label, changes in ABLATIONS]
     # rows of settings not rerun now are kept, so main and ablations can be run separately
+    if args.tag:
+        settings = [(f"{label} ({args.tag})", table, changes, n) for label, table, changes, n in settings]
     labels = {label for label, *_ in settings}
     rows = [r for r in (read_results_csv(args.out) if args.out.exists() else []) if r["setting"] not in labels]
     for label, table, changes, n_splits in settings:
