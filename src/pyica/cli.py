@@ -391,9 +391,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training.fit_head import train
+    from .training.fit_head import read_json_config, train
 
-    if json.loads(Path(args.config).read_text(encoding="utf-8")).get("method") == "cmssa":
+    if read_json_config(args.config).get("method") == "cmssa":
         from .training.train_cmssa import train_from_config
 
         card = train_from_config(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,

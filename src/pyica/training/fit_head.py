@@ -46,15 +46,21 @@ log = logging.getLogger(__name__)
 DEFAULT_EVALUATION = {"protocol": "random", "n_splits": 10, "seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training config; ``root`` and ``output_dir`` are resolved against the config's folder."""
+def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON config file as a dict, with errors that name the file (shared by every `pyica` trainer)."""
     path = Path(path)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: config not found") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training config; ``root`` and ``output_dir`` are resolved against the config's folder."""
+    path = Path(path)
+    config = read_json_config(path)
     missing = [key for key in ("model", "dataset") if key not in config]
     if missing:
         raise ValueError(f"{path}: missing {', '.join(missing)}")

@@ -62,6 +62,7 @@ from torch import nn
 from ..checkpoints import save_tensors
 from ..runtime import resolve_device
 from ..writers import replace_atomically, write_json_atomic
+from .fit_head import read_json_config
 
 __all__ = ["pretrain", "load_pretrain_config", "lr_at", "param_groups", "build_optimizer", "BUILDERS",
            "CHECKPOINT", "ENCODER", "CARD", "LOG"]
@@ -103,12 +104,7 @@ def load_pretrain_config(config: str | os.PathLike | dict, *, sources: list[str]
         raw, base, name = json.loads(json.dumps(config)), Path.cwd(), "<dict>"
     else:
         path = Path(config)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: config not found") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raw = read_json_config(path)
         base, name = path.resolve().parent, path.name
 
     def absolute(p: str) -> str:
