@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, default_savoias_root, machine_description  # noqa: E402
+from default_model_selection import category_mean  # noqa: E402
 
 from pyica.data import load_dataset  # noqa: E402
 from pyica.data.splits import repeated_random_splits  # noqa: E402
@@ -101,10 +102,6 @@ def cache_front(trunk: StageFeatures, paths, size: int, first: int) -> tuple[np.
         maps.append(x)
     bar.close()
     return np.concatenate(pooled), torch.cat(maps)
-
-
-def category_mean(pred, target, categories, metric) -> float:
-    return float(np.mean([metric(pred[categories == c], target[categories == c]) for c in np.unique(categories)]))
 
 
 def run_split(split, front_pooled, front_maps, trunk, ds, args) -> dict:

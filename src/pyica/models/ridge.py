@@ -88,9 +88,15 @@ def leave_one_out_path(features: np.ndarray, targets: np.ndarray, alphas=ALPHAS)
 def selection_score(pred: np.ndarray, targets: np.ndarray, categories: np.ndarray | None = None) -> float:
     """What ``alpha`` is chosen by: mean within-category SRCC when there are categories, else SRCC.
 
-    Within-category because on SAVOIAS scores are only comparable inside a category.
+    Within-category because on SAVOIAS scores are only comparable inside a category. Pairs with a
+    non-finite prediction or target (an image that failed to load) are left out. Also what the
+    CM-SSA and probe trainers choose their epoch by.
     """
+    pred, targets = np.asarray(pred, np.float64), np.asarray(targets, np.float64)
+    ok = np.isfinite(pred) & np.isfinite(targets)
+    pred, targets = pred[ok], targets[ok]
     if categories is not None:
+        categories = np.asarray(categories, dtype=str)[ok]
         names = [c for c in np.unique(categories) if c != ""]
         if len(names) > 1:
             return float(np.mean([srcc(pred[categories == c], targets[categories == c]) for c in names]))

@@ -61,12 +61,12 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
-from ..metrics import srcc
+from ..models.ridge import selection_score
 from ..models.clicv2_probe import CLICv2Probe, encoder_fingerprint
 from ..runtime import resolve_device
 from ..scoring import iter_batches, progress_bar
 
-__all__ = ["ProbeRecipe", "TokenCache", "ProbeTrainer", "lr_factor", "selection_score"]
+__all__ = ["ProbeRecipe", "TokenCache", "ProbeTrainer", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +121,6 @@ def lr_factor(iteration: int, epoch: int, recipe: ProbeRecipe, steps_per_epoch: 
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     passed = sum(1 for m in recipe.milestones if int(round(m * recipe.epochs)) < epoch)
     return recipe.gamma ** passed
-
-
-def selection_score(scores: np.ndarray, target: np.ndarray, categories: np.ndarray) -> float:
-    """Category-mean SRCC (pooled SRCC with a single category) over the finite scores."""
-    ok = np.isfinite(scores) & np.isfinite(target)
-    cats = np.asarray(categories, dtype=str)[ok]
-    names = sorted(set(cats.tolist()) - {""})
-    if len(names) > 1:
-        return float(np.mean([srcc(scores[ok][cats == c], target[ok][cats == c]) for c in names]))
-    return srcc(scores[ok], target[ok])
 
 
 class TokenCache:

@@ -34,8 +34,8 @@ from PIL import Image
 
 from ..data.dataset import ComplexityDataset, label_range
 from ..loading import load_image
-from ..metrics import srcc
 from ..models.cmssa import CMSSA, alignment_scores
+from ..models.ridge import selection_score
 from ..runtime import default_num_workers, resolve_device
 from ..scoring import iter_batches, progress_bar
 
@@ -324,11 +324,7 @@ class CMSSATrainer:
 
     def _selection_score(self, val: ComplexityDataset) -> float:
         scores, _ = self.score_files(val.full_paths())
-        ok = np.isfinite(scores)
-        cats = val.categories[ok]
-        if len(set(cats.tolist()) - {""}) > 1:
-            return float(np.mean([srcc(scores[ok][cats == c], val.scores[ok][cats == c]) for c in np.unique(cats)]))
-        return srcc(scores[ok], val.scores[ok])
+        return selection_score(scores, val.scores, val.categories)
 
     # --- scoring --------------------------------------------------------------------------------
 
