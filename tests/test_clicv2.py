@@ -194,8 +194,12 @@ def test_only_masked_patches_enter_reconstruction_loss():
     pred2[~mask] = 100.0
     target2[~mask] = -7.0
     assert torch.equal(masked_reconstruction_loss(pred2, target2, mask), loss)
-    expected = ((pred - target) ** 2).mean(-1)[mask].mean()
-    torch.testing.assert_close(loss, expected)
+    per_patch = ((pred - target) ** 2).mean(-1)
+    expected_sum = sum(per_patch[i][mask[i]].sum() for i in range(4)) / 4  # Eq. 11, averaged over images
+    torch.testing.assert_close(loss, expected_sum)
+    torch.testing.assert_close(masked_reconstruction_loss(pred, target, mask, "mean"), per_patch[mask].mean())
+    with pytest.raises(ValueError, match="reduction"):
+        masked_reconstruction_loss(pred, target, mask, "max")
 
 
 # --- the full model ------------------------------------------------------------------------------

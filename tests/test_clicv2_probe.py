@@ -180,6 +180,26 @@ def test_trainer_under_run_protocol(tmp_path, encoder):
     assert len(cache) == 8
 
 
+def test_lr_grid_keeps_the_lr_that_validates_best(tmp_path, encoder):
+    ds = toy_dataset(tmp_path / "toy", n=24)
+    train, val = ds.subset(np.arange(16)), ds.subset(np.arange(16, 24))
+    grid = (1e-6, 0.5)  # 1e-6 cannot move the head in 6 epochs; 0.5 learns the toy task
+    trainer = ProbeTrainer(lambda: make_probe(encoder, "linear"), recipe(epochs=6, lr_grid=grid))
+    fit = trainer.fit_dataset(train, val)
+    assert set(fit["lr_grid"]) == {"1e-06", "0.5"} and fit["lr"] == 0.5
+    assert fit["best_val_srcc"] == max(v for v in fit["lr_grid"].values() if v is not None)
+    # the kept head is the one trained at 0.5: refitting at that single lr gives the same scores
+    single = ProbeTrainer(lambda: make_probe(encoder, "linear"), recipe(epochs=6, lr=0.5))
+    single.fit_dataset(train, val)
+    np.testing.assert_allclose(trainer.score_files(val.full_paths())[0], single.score_files(val.full_paths())[0],
+                               atol=1e-6)
+    # without a validation part there is nothing to choose by: the single ``lr`` is used
+    assert ProbeTrainer(lambda: make_probe(encoder, "linear"),
+                        recipe(epochs=1, lr=0.1, lr_grid=grid)).fit_dataset(train, None)["lr"] == 0.1
+    with pytest.raises(ValueError, match="lr_grid"):
+        recipe(lr_grid=(0.1, 0.0))
+
+
 # --- weights on disk -------------------------------------------------------------------------------
 
 def test_save_load_roundtrip_and_damaged_file(tmp_path, encoder):

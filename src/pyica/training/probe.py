@@ -89,6 +89,7 @@ class ProbeRecipe:
     hflip: bool = True
     seed: int = 0
     patience: int | None = None
+    lr_grid: tuple[float, ...] = ()  # with a validation part: try each peak lr, keep the best (``lr`` unused)
     device: str = "auto"
     num_workers: int | None = None
     feature_batch_size: int = 32
@@ -105,6 +106,9 @@ class ProbeRecipe:
         if self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
             raise ValueError("warmup_epochs must be >= 0 and gamma in (0, 1]")
         self.milestones = tuple(float(m) for m in self.milestones)
+        self.lr_grid = tuple(float(v) for v in self.lr_grid)
+        if any(v <= 0 for v in self.lr_grid):
+            raise ValueError(f"lr_grid values must be positive, not {self.lr_grid}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -237,29 +241,56 @@ class ProbeTrainer:
             val_paths = val.full_paths()
             self._ensure(model, val_paths, (False,))
 
+        lrs = tuple(r.lr_grid) if (r.lr_grid and has_val) else (r.lr,)
+        fits = []
+        for lr in lrs:
+            torch.manual_seed(r.seed)
+            candidate = model if len(lrs) == 1 else self.build_model().to(self.device)
+            fits.append(self._fit_head(candidate, lr, x_plain, x_flip, y, val if has_val else None))
+        # the lr whose best epoch validates best (ties: the first, i.e. the grid's order)
+        chosen = max(range(len(fits)), key=lambda k: (fits[k]["best_score"], -k))
+        fit = fits[chosen]
+        model = fit["model"]
+        self.history = fit["history"]
+        selected = fit["best_epoch"] > 0
+        model.eval()
+        self.model = model
+        out = {"best_epoch": fit["best_epoch"] if selected else len(self.history), "epochs_run": len(self.history),
+               "best_val_srcc": float(fit["best_score"]) if selected else None, "label_range": [low, high],
+               "n_train": len(paths), "lr": lrs[chosen],
+               "selected_on": "validation" if selected else "last epoch", "history": self.history}
+        if len(lrs) > 1:
+            out["lr_grid"] = {str(lr): (float(f["best_score"]) if np.isfinite(f["best_score"]) else None)
+                              for lr, f in zip(lrs, fits)}
+        return out
+
+    def _fit_head(self, model: CLICv2Probe, base_lr: float, x_plain: torch.Tensor, x_flip: torch.Tensor | None,
+                  y: torch.Tensor, val: ComplexityDataset | None) -> dict:
+        """Train ``model``'s head at peak lr ``base_lr``; with ``val``, keep its best epoch."""
+        r = self.recipe
         head_params = [p for p in model.head.parameters() if p.requires_grad]
-        optimiser = torch.optim.SGD(head_params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        optimiser = torch.optim.SGD(head_params, lr=base_lr, momentum=r.momentum, weight_decay=r.weight_decay)
         rng = np.random.default_rng(r.seed)
-        n = len(paths)
+        n = len(y)
         starts = list(range(0, n, r.batch_size))
         if len(starts) > 1 and n - starts[-1] < 2:  # BatchNorm cannot train on a batch of one
             starts.pop()
         bounds = list(zip(starts, starts[1:] + [n]))
         steps_per_epoch = len(bounds)
         best = (-np.inf, 0, copy.deepcopy(model.head.state_dict()))
-        self.history, stale, iteration = [], 0, 0
+        history, stale, iteration = [], 0, 0
         for epoch in range(1, r.epochs + 1):
             t0 = time.perf_counter()
             model.train()
             order = torch.from_numpy(rng.permutation(n))
-            flip_now = torch.from_numpy(rng.random(n) < 0.5) if r.hflip else None
-            losses, lr = [], r.lr
+            flip_now = torch.from_numpy(rng.random(n) < 0.5) if x_flip is not None else None
+            losses, lr = [], base_lr
             for a, b in bounds:
                 idx = order[a:b]
                 x = x_plain[idx]
                 if flip_now is not None:
                     x = torch.where(flip_now[idx][:, None, None], x_flip[idx], x)
-                lr = r.lr * lr_factor(iteration, epoch, r, steps_per_epoch)
+                lr = base_lr * lr_factor(iteration, epoch, r, steps_per_epoch)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
                 outputs = model.head_outputs(x.to(self.device, non_blocking=True))
@@ -271,24 +302,19 @@ class ProbeTrainer:
                 iteration += 1
             row = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)),
                    "seconds": round(time.perf_counter() - t0, 3)}
-            if has_val:
+            if val is not None:
                 row["val_srcc"] = self._val_score(model, val)
                 if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
                     best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.head.state_dict())), 0
                 elif np.isfinite(row["val_srcc"]):
                     stale += 1
-            self.history.append(row)
-            log.info("epoch %d: %s", epoch, row)
+            history.append(row)
+            log.info("lr %g epoch %d: %s", base_lr, epoch, row)
             if r.patience is not None and stale >= r.patience:
                 break
-        selected = has_val and best[1] > 0
-        if selected:
+        if best[1] > 0:
             model.head.load_state_dict(best[2])
-        model.eval()
-        self.model = model
-        return {"best_epoch": best[1] if selected else len(self.history), "epochs_run": len(self.history),
-                "best_val_srcc": float(best[0]) if selected else None, "label_range": [low, high], "n_train": n,
-                "selected_on": "validation" if selected else "last epoch", "history": self.history}
+        return {"model": model, "history": history, "best_score": best[0], "best_epoch": best[1]}
 
     def _val_score(self, model: CLICv2Probe, val: ComplexityDataset) -> float:
         paths = val.full_paths()
