@@ -51,7 +51,7 @@ def score(
     recursive: bool = True,
     progress: bool = False,
 ) -> Iterator:
-    """Score files, folders and CSV manifests; yields one ``ScoreRecord(path, model, score, error)`` per image.
+    """Score files, folders, CSV manifests and ``.tar`` shards; yields one ``ScoreRecord(path, model, score, error)`` per image.
 
     A file that cannot be read yields a record with ``score=None`` and the reason in ``error``.
     """
@@ -59,7 +59,7 @@ def score(
     from .scoring import iter_image_paths, score_paths
 
     scorer = create_model(model, device=device)
-    paths = list(iter_image_paths(as_path_list(inputs), recursive=recursive))
+    paths = iter_image_paths(as_path_list(inputs), recursive=recursive)  # streamed, never listed
     return score_paths(paths, scorer, batch_size=batch_size, num_workers=num_workers, progress=progress, model_name=model)
 
 

@@ -1,8 +1,11 @@
 """Score writers: CSV or JSONL rows, written so that no finished work is lost.
 
 While a job runs, rows go to ``OUT.part`` and are flushed after every batch; when the job ends the
-file is renamed to ``OUT`` in one atomic step. A job that stopped early leaves ``OUT.part`` behind,
-and ``--resume`` continues from it (a half-written last line is dropped and its input is redone).
+file is renamed to ``OUT`` in one atomic step. A job that stopped early (even by ``kill -9``) leaves
+``OUT.part`` behind, and ``--resume`` continues from it: the file is cut after its last complete row
+(a half-written line, or a CSV record torn inside a quoted field, is dropped and its input redone),
+so every input ends up in the output exactly once. Resuming reads the file once, streaming; what it
+keeps in memory is the set of paths already written.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["ScoreWriter", "read_scores", "write_json_atomic", "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS"]
+__all__ = ["ScoreWriter", "read_scores", "iter_scores", "write_json_atomic", "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS"]
 
 FORMATS = ("csv", "jsonl")
 SCORE_COLUMNS = ("path", "model", "score", "error")
@@ -67,18 +70,62 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line that has no newline: it was being written when the job stopped."""
+    """Cut a last line that has no newline: it was being written when the job stopped.
+
+    Reads only the file's tail (backwards, in blocks), not the whole file.
+    """
     with open(path, "rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+        end = f.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            block = f.read(pos - start)
+            if pos == end and block.endswith(b"\n"):
+                return  # the file ends with a whole line
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                f.truncate(start + cut + 1)
+                return
+            pos = start
+        if end:
+            f.truncate(0)  # not one whole line
 
 
-def read_scores(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a score file (CSV or JSONL) as dicts with ``score`` as float or ``None``."""
+def _csv_records(f, consumed: list[int]) -> Iterator[list[str]]:
+    """CSV records of the binary file ``f``; ``consumed[0]`` is the byte length of the records read so far.
+
+    Stops before a last line with no newline, and before a last record torn inside a quoted field
+    (``csv`` reads a record's lines only as it needs them, so the count is exact after each record).
+    """
+    position = [0]
+
+    def lines():
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return
+            position[0] += len(raw)
+            yield raw.decode("utf-8")
+
+    reader = csv.reader(lines(), strict=True)
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:  # the file ends inside a quoted field: a torn record
+            return
+        consumed[0] = position[0]
+        yield record
+
+
+def iter_scores(path: str | os.PathLike, fmt: str | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of a score file (CSV or JSONL), streamed, as dicts with ``score`` as float or ``None``.
+
+    A JSONL line with no newline (torn) is left out; CSV is read as any CSV file.
+    """
     path = Path(path)
     fmt = infer_format(path.with_suffix("") if path.suffix == ".part" else path, fmt)
-    rows: list[dict[str, Any]] = []
     with open(path, newline="", encoding="utf-8") as f:
         if fmt == "jsonl":
             for line_no, line in enumerate(f, 1):
@@ -86,7 +133,7 @@ def read_scores(path: str | os.PathLike, fmt: str | None = None) -> list[dict[st
                     break  # torn last line
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        yield json.loads(line)
                     except json.JSONDecodeError as err:
                         raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
         else:
@@ -94,8 +141,38 @@ def read_scores(path: str | os.PathLike, fmt: str | None = None) -> list[dict[st
                 score = row.get("score")
                 row["score"] = float(score) if score not in (None, "") else None
                 row["error"] = row.get("error") or None
-                rows.append(row)
-    return rows
+                yield row
+
+
+def read_scores(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a score file (CSV or JSONL) as dicts with ``score`` as float or ``None`` (see :func:`iter_scores`)."""
+    return list(iter_scores(path, fmt))
+
+
+def _complete_rows(part: Path, fmt: str) -> tuple[set[str], bool]:
+    """Cut ``part`` after its last complete row; return the paths of its rows and whether it has a header.
+
+    One streaming pass: nothing but the set of paths is kept.
+    """
+    _drop_torn_tail(part)
+    done: set[str] = set()
+    if fmt == "jsonl":
+        for row in iter_scores(part, fmt):
+            done.add(str(row["path"]))
+        return done, False
+    consumed = [0]
+    with open(part, "rb") as f:
+        records = _csv_records(f, consumed)
+        header = next(records, None)
+        if header is not None and header[:1] != ["path"]:
+            raise ValueError(f"{part}: not a pyica score file (first row {header!r}, expected {list(SCORE_COLUMNS)})")
+        for record in records:
+            if record:
+                done.add(record[0])
+    if part.stat().st_size > consumed[0]:
+        with open(part, "rb+") as f:
+            f.truncate(consumed[0])
+    return done, header is not None
 
 
 class ScoreWriter:
@@ -133,10 +210,8 @@ class ScoreWriter:
         if self.path.exists() and not self.part.exists():
             os.replace(self.path, self.part)  # continue a finished file: it is renamed back at the end
         if self.part.exists():
-            _drop_torn_tail(self.part)
-            rows = read_scores(self.part, self.fmt)
-            self.done = {str(r["path"]) for r in rows}
-            self._needs_header = self.part.stat().st_size == 0
+            self.done, has_header = _complete_rows(self.part, self.fmt)
+            self._needs_header = not has_header
 
     def write(self, records: Iterable) -> None:
         """Append records and flush, so that a crash loses at most the batch being written."""
@@ -146,8 +221,9 @@ class ScoreWriter:
             if self._needs_header:
                 writer.writerow(SCORE_COLUMNS)
                 self._needs_header = False
-            for r in records:
-                writer.writerow([r.path, r.model, "" if r.score is None else repr(r.score), r.error or ""])
+            for r in records:  # error messages on one line, so that a row is one line whenever the path is
+                error = " ".join((r.error or "").splitlines())
+                writer.writerow([r.path, r.model, "" if r.score is None else repr(r.score), error])
                 self.rows_written += 1
         else:
             for r in records:
