@@ -175,13 +175,21 @@ def complexity_readout(probs: torch.Tensor, readout: str = "first") -> torch.Ten
 
 
 def alignment_scores(image_emb: torch.Tensor, caption_emb: torch.Tensor, mode: str = "paper",
-                     logit_scale: float = 1.0) -> torch.Tensor:
+                     logit_scale: float = 1.0, *, caption_pool: torch.Tensor | None = None,
+                     offset: int = 0) -> torch.Tensor:
     """Per-image alignment ``(B,)``: paper Eq. 8 ``exp(s_ii) / sum_j exp(s_ij)`` over the batch's
-    captions, or the reference code's plain cosine ``s_ii``."""
-    sim = F.normalize(image_emb.float(), dim=-1) @ F.normalize(caption_emb.float(), dim=-1).T
-    if mode == "reference":
-        return sim.diagonal()
-    return (logit_scale * sim).softmax(-1).diagonal()
+    captions, or the reference code's plain cosine ``s_ii``.
+
+    ``caption_pool``: with several processes, the captions of the whole global batch, of which this
+    process's ``caption_emb`` are rows ``offset:offset + B``; the softmax then runs over all of them,
+    as it does in one process (see :func:`pyica.training.distributed.all_gather_with_grad`).
+    """
+    if mode == "reference" or caption_pool is None:
+        sim = F.normalize(image_emb.float(), dim=-1) @ F.normalize(caption_emb.float(), dim=-1).T
+        return sim.diagonal() if mode == "reference" else (logit_scale * sim).softmax(-1).diagonal()
+    sim = F.normalize(image_emb.float(), dim=-1) @ F.normalize(caption_pool.float(), dim=-1).T
+    rows = torch.arange(image_emb.shape[0], device=sim.device)
+    return (logit_scale * sim).softmax(-1)[rows, rows + offset]
 
 
 def cmssa_loss(score: torch.Tensor | None, target: torch.Tensor | None, align: torch.Tensor | None,
@@ -306,9 +314,11 @@ class CMSSA(ComplexityModel):
         return complexity_readout(probs, self.config.readout)
 
     def training_step(self, images: torch.Tensor, targets: torch.Tensor, caption_emb: torch.Tensor | None,
-                      from_trunk: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+                      from_trunk: bool = False, gather=None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch: normalised crops ``(B, 3, S, S)`` (or cached trunk features when
-        ``from_trunk``), targets ``(B,)`` and caption embeddings ``(B, D)``."""
+        ``from_trunk``), targets ``(B,)`` and caption embeddings ``(B, D)``. ``gather``: with
+        several processes, ``rows -> (every process's rows, offset of ours)``, so that the paper's
+        in-batch softmax runs over the global batch's captions."""
         cfg = self.config
         score = align = None
         shared = self.encoders.vision_width is None  # no vision prompts: both branches see one embedding
@@ -317,8 +327,10 @@ class CMSSA(ComplexityModel):
             score = self.complexity_scores(image_emb, self.level_embeddings())
         if cfg.branches != "complexity" and caption_emb is not None:
             align_emb = image_emb if shared and score is not None else self.alignment_image_embeddings(images, from_trunk)
-            align = alignment_scores(align_emb, caption_emb, "paper" if cfg.branches == "alignment" else cfg.alignment,
-                                     cfg.align_logit_scale)
+            mode = "paper" if cfg.branches == "alignment" else cfg.alignment
+            pool, offset = gather(caption_emb) if gather is not None and mode == "paper" else (None, 0)
+            align = alignment_scores(align_emb, caption_emb, mode, cfg.align_logit_scale, caption_pool=pool,
+                                     offset=offset)
         return cmssa_loss(score, targets, align, cfg)
 
     # --- inference ------------------------------------------------------------------------------

@@ -212,6 +212,11 @@ class EffNetRidge(ComplexityModel):
                 out[i] = self._feature_cache[p]
         return out, errors
 
+    def add_features(self, features: dict[str, np.ndarray]) -> None:
+        """Put features computed elsewhere (another process's share, see
+        :func:`pyica.training.fit_head.train` under torchrun) in the cache :meth:`extract_features` reads."""
+        self._feature_cache.update({p: np.asarray(f, dtype=np.float32) for p, f in features.items()})
+
     # --- the head -------------------------------------------------------------------------------
 
     def set_head(self, head: RidgeHead) -> None:

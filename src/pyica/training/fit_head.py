@@ -15,6 +15,14 @@ card reports; (2) the head is fitted on the whole dataset, ``alpha`` chosen by l
 (3) weights and card are written atomically. Everything is deterministic (frozen backbone in
 inference mode, closed-form ridge); ``--verify`` refits and compares with the shipped weights
 instead of writing, failing when any score differs by more than ``tolerance``.
+
+Several processes (``torchrun --nproc_per_node W -m pyica train CONFIG``): feature extraction, the
+only expensive part, is split. Each process extracts the features of its strided share of the
+images (positions ``rank, rank + W, ...``: every image once, no padding), the shares are gathered to
+every process, and rank 0 evaluates, fits (closed form, from the gathered features) and writes the
+weights and card while the others wait. The features are the single process's up to float rounding
+(convolutions over other batch compositions), so the head is too; see tests/test_distributed.py.
+There are no epochs, hence nothing to checkpoint: ``--resume`` has no effect here.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from ..registry import create_model, get_entry
 from ..reports import CATEGORY_MEAN, POOLED, summarise
 from ..version import __version__
 from ..writers import write_json_atomic
+from . import distributed
 
 __all__ = ["load_config", "train"]
 
@@ -78,13 +87,48 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 def train(config_path: str | os.PathLike, *, root: str | None = None, output_dir: str | None = None,
           evaluate: bool = True, verify: bool = False, device: str = "auto", num_workers: int | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Run a config; returns the card (written unless ``verify``)."""
+    """Run a config; returns the card (written unless ``verify``). Under torchrun every process
+    extracts its share of the features and rank 0 does the rest (module doc); every process
+    returns rank 0's result."""
+    with distributed.Distributed(device) as dist:
+        if dist.world == 1:
+            return _train(config_path, root=root, output_dir=output_dir, evaluate=evaluate, verify=verify,
+                          device=dist.device, num_workers=num_workers, progress=progress)
+        config = load_config(config_path)
+        ds = load_dataset(config["dataset"], root=root or config.get("root"))
+        model = create_model(config["model"], device=dist.device, fitted=False)
+        if not callable(getattr(model, "extract_features", None)) or not callable(getattr(model, "add_features", None)):
+            raise ValueError(f"{config['model']!r} cannot share feature extraction between processes")
+        extract_in_shares(model, ds.full_paths(), dist, num_workers=num_workers, progress=progress)
+        result = None
+        if dist.main:
+            result = _train(config_path, root=root, output_dir=output_dir, evaluate=evaluate, verify=verify,
+                            device=dist.device, num_workers=num_workers, progress=progress, model=model)
+        return dist.broadcast_object(result)  # the other processes wait here for rank 0
+
+
+def extract_in_shares(model, paths: list[str], dist: "distributed.Distributed", *, batch_size: int = 32,
+                      num_workers: int | None = None, progress: bool = False) -> dict[str, str]:
+    """Fill ``model``'s feature cache with the features of every path, each process extracting
+    those at positions ``rank, rank + W, ...`` and the shares gathered to every process; returns
+    the load errors (the failed images are not cached and fail again where they are used)."""
+    mine = distributed.shard(list(range(len(paths))), dist.rank, dist.world)
+    feats, errors = model.extract_features([paths[i] for i in mine], batch_size=batch_size, num_workers=num_workers,
+                                           progress=progress and dist.main)
+    ok = ~np.isnan(feats).any(1)
+    gathered = dist.all_gather_dict({mine[j]: feats[j] for j in np.flatnonzero(ok)})
+    model.add_features({paths[i]: row for i, row in gathered.items()})
+    return {k: v for part in dist.all_gather_object(errors) for k, v in part.items()}
+
+
+def _train(config_path, *, root, output_dir, evaluate, verify, device, num_workers, progress, model=None) -> dict[str, Any]:
     config = load_config(config_path)
     name = config["model"]
     entry = get_entry(name)
     root = root or config.get("root")
     ds = load_dataset(config["dataset"], root=root)
-    model = create_model(name, device=device, fitted=False)
+    if model is None:
+        model = create_model(name, device=device, fitted=False)
     if not callable(getattr(model, "fit_dataset", None)):
         raise ValueError(f"{name!r} has no fit_dataset; `pyica train` fits frozen-feature heads")
 

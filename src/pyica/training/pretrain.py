@@ -24,7 +24,8 @@ the paper's 0.003 is for a batch of 2048), linear warm-up over ``warmup_epochs``
 of GPUs. An epoch is ``samples_per_epoch`` (default: all images) // ``batch_size`` steps.
 
 Multi-GPU: ``torchrun --nproc_per_node 4 -m pyica pretrain CONFIG``. The process group is set up from
-the ``RANK``/``WORLD_SIZE`` variables torchrun exports (NCCL on CUDA, gloo on CPU), the model is
+the ``RANK``/``WORLD_SIZE`` variables torchrun exports (NCCL on CUDA, gloo on CPU; see
+:mod:`pyica.training.distributed`, shared by every trainer), the model is
 wrapped in ``DistributedDataParallel``, the data stream gives every rank its own disjoint part, and
 only rank 0 writes checkpoints, logs and the encoder.
 
@@ -60,9 +61,11 @@ import torch
 from torch import nn
 
 from ..checkpoints import save_tensors
-from ..runtime import resolve_device
 from ..writers import replace_atomically, write_json_atomic
+from .distributed import Distributed
 from .fit_head import read_json_config
+from .resume import rng_state as _rng_state
+from .resume import set_rng_state as _set_rng_state
 
 __all__ = ["pretrain", "load_pretrain_config", "lr_at", "param_groups", "build_optimizer", "BUILDERS",
            "CHECKPOINT", "ENCODER", "CARD", "LOG"]
@@ -179,79 +182,14 @@ def build_optimizer(model: nn.Module, optim: dict, peak_lr: float, device: torch
                              eps=optim["eps"], **extra)
 
 
-# --- RNG states as tensors and plain lists (weights_only-loadable) ------------------------------------
-
-def _rng_state() -> dict:
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
+# --- RNG (the states saved in checkpoints: pyica.training.resume.rng_state) ----------------------------
 
 def _step_seed(seed: int, rank: int, step: int) -> int:
     """Seed of the model's generator at ``step`` on ``rank``: a function of nothing else."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-# --- distributed -------------------------------------------------------------------------------------
-
-class _Dist:
-    """This process's place in a torchrun launch (or a single process)."""
-
-    def __init__(self, device: str | torch.device):
-        import torch.distributed as dist
-
-        self.created = False
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and not dist.is_initialized():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            dev = resolve_device(device)
-            if dev.type == "cuda":
-                dev = torch.device("cuda", local if dev.index is None else dev.index)
-                torch.cuda.set_device(dev)
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-            self.created = True
-        if dist.is_available() and dist.is_initialized():
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
-            self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        else:
-            self.rank, self.world, self.local_rank, self.local_world = 0, 1, 0, 1
-        dev = resolve_device(device)
-        if dev.type == "cuda" and self.world > 1 and dev.index is None:
-            dev = torch.device("cuda", self.local_rank)
-        self.device = dev
-        if dev.type == "cuda" and dev.index is not None:
-            torch.cuda.set_device(dev)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def close(self) -> None:
-        if self.created:
-            torch.distributed.destroy_process_group()
-
+# --- distributed (the process group: pyica.training.distributed.Distributed) ------------------------
 
 def _default_workers(local_world: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -333,7 +271,7 @@ def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_step
         sources, output_dir: replace the config's data sources / output folder.
     """
     cfg = load_pretrain_config(config, sources=sources, output_dir=output_dir)
-    dist = _Dist(device)
+    dist = Distributed(device)
     try:
         return _run(cfg, dist, resume=resume, max_steps=max_steps, build_model=build_model,
                     num_workers=num_workers, progress=progress)
@@ -341,7 +279,7 @@ def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_step
         dist.close()
 
 
-def _run(cfg: dict, dist: _Dist, *, resume: bool, max_steps: int | None, build_model, num_workers, progress) -> dict:
+def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, build_model, num_workers, progress) -> dict:
     from ..data.streams import UnlabeledImages
     from ..scoring import progress_bar
 

@@ -46,6 +46,24 @@ returns another encoder starts a fresh cache.
   equals flipping first.
 * An image that fails to load is skipped in training (with a warning) and scores NaN, with its
   error reported.
+
+Several processes, mixed precision, checkpoints
+-----------------------------------------------
+Under ``torchrun`` (or any initialised process group, see :mod:`pyica.training.distributed`) every
+process calls ``fit_dataset`` and ``score_files`` together: each computes the tokens of its strided
+share of the images and the shares are gathered, so every process holds the whole cache; the head
+is wrapped in ``DistributedDataParallel``; each global batch of ``batch_size`` is split across the
+processes by striding; BatchNorm layers normalise with the statistics of the global batch
+(:class:`~pyica.training.distributed.GlobalBatchNorm`, since ``SyncBatchNorm`` refuses CPU tensors);
+the loss is scaled so that the averaged gradient is the global batch's. The result equals one
+process's with the same global batch up to float rounding (tests/test_distributed.py: within
+2e-5). A last batch smaller than ``max(2, W)`` images is dropped (one process: a batch of one
+image, which BatchNorm cannot train on). Only rank 0 logs and writes.
+
+``amp`` trains the head under ``torch.autocast`` on CUDA (``amp_dtype`` bf16, or fp16 with a
+GradScaler); tokens and scores are always computed in float32. With ``checkpoint_dir`` every epoch
+of every fit is checkpointed atomically and ``resume=True`` continues an interrupted fit with the
+same data order, or skips a finished one (:mod:`pyica.training.resume`).
 """
 
 from __future__ import annotations
@@ -63,8 +81,9 @@ import torch
 from ..data.dataset import ComplexityDataset, label_range
 from ..models.ridge import selection_score
 from ..models.clicv2_probe import CLICv2Probe, encoder_fingerprint
-from ..runtime import resolve_device
 from ..scoring import iter_batches, progress_bar
+from . import distributed
+from .resume import FitCheckpoints, dataset_fingerprint, plain, rng_state, set_rng_state
 
 __all__ = ["ProbeRecipe", "TokenCache", "ProbeTrainer", "lr_factor"]
 
@@ -90,6 +109,8 @@ class ProbeRecipe:
     seed: int = 0
     patience: int | None = None
     lr_grid: tuple[float, ...] = ()  # with a validation part: try each peak lr, keep the best (``lr`` unused)
+    amp: bool = True  # head training under autocast on CUDA (no effect on CPU)
+    amp_dtype: str = "bfloat16"  # or "float16" (with a GradScaler)
     device: str = "auto"
     num_workers: int | None = None
     feature_batch_size: int = 32
@@ -109,9 +130,17 @@ class ProbeRecipe:
         self.lr_grid = tuple(float(v) for v in self.lr_grid)
         if any(v <= 0 for v in self.lr_grid):
             raise ValueError(f"lr_grid values must be positive, not {self.lr_grid}")
+        if self.amp_dtype not in distributed.AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(distributed.AMP_DTYPES)}, not {self.amp_dtype!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def defining(self) -> dict:
+        """The fields that change a fit's result (for checkpoint keys): not devices or batch sizes
+        of inference."""
+        skip = {"device", "num_workers", "feature_batch_size", "eval_batch_size", "extra"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
 def lr_factor(iteration: int, epoch: int, recipe: ProbeRecipe, steps_per_epoch: int) -> float:
@@ -152,12 +181,14 @@ class ProbeTrainer:
     """Trains probing heads (``build_model()`` -> a fresh :class:`CLICv2Probe`) and scores files."""
 
     def __init__(self, build_model: Callable[[], CLICv2Probe], recipe: ProbeRecipe | None = None,
-                 cache: TokenCache | None = None, name: str = "clicv2_probe"):
+                 cache: TokenCache | None = None, name: str = "clicv2_probe",
+                 checkpoint_dir: str | None = None, resume: bool = False):
         self.build_model, self.recipe, self.name = build_model, recipe or ProbeRecipe(), name
-        self.device = resolve_device(self.recipe.device)
+        self.device = distributed.process_device(self.recipe.device)
         self.cache = cache if cache is not None else TokenCache()
         self.model: CLICv2Probe | None = None
         self.history: list[dict] = []
+        self.checkpoints = FitCheckpoints(checkpoint_dir, resume=resume) if checkpoint_dir else None
 
     # --- features -------------------------------------------------------------------------------
 
@@ -170,24 +201,33 @@ class ProbeTrainer:
                                   and any((p, f) not in cache.tokens for f in flips)))
         if not todo:
             return
+        dist = distributed.current(self.device)
+        mine = distributed.shard(todo, dist.rank, dist.world)  # the shares are gathered below
         model.eval()
         workers = self.recipe.num_workers if num_workers is None else num_workers
-        bar = progress_bar(len(todo), progress)
+        bar = progress_bar(len(mine), progress and dist.main)
         bar.set_description("encoder tokens")
-        for indices, batch, errors in iter_batches(todo, model.transform, model.collate,
+        tokens_found: dict[tuple[str, bool], np.ndarray] = {}
+        errors_found: dict[str, str] = {}
+        for indices, batch, errors in iter_batches(mine, model.transform, model.collate,
                                                    batch_size=batch_size or self.recipe.feature_batch_size,
                                                    num_workers=workers, max_pixels=max_pixels,
                                                    pin_memory=self.device.type == "cuda"):
             for i, message in errors:
-                cache.errors[todo[i]] = message
+                errors_found[mine[i]] = message
             if batch is not None:
                 pixels = batch.to(self.device, non_blocking=True)
                 for flip in flips:
                     tokens = model.encode(pixels.flip(-1) if flip else pixels).float().cpu().numpy()
                     for i, t in zip(indices, tokens):
-                        cache.tokens[(todo[i], flip)] = t
+                        tokens_found[(mine[i], flip)] = t
             bar.update(len(indices) + len(errors))
         bar.close()
+        if dist.world > 1:
+            tokens_found = dist.all_gather_dict(tokens_found)
+            errors_found = {k: v for part in dist.all_gather_object(errors_found) for k, v in part.items()}
+        cache.tokens.update(tokens_found)
+        cache.errors.update(errors_found)
 
     def _stack(self, paths: Sequence[str], flip: bool) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.cache.tokens[(p, flip)] for p in paths]))
@@ -228,9 +268,10 @@ class ProbeTrainer:
         self._ensure(model, all_paths, flips)
         keep = [i for i, p in enumerate(all_paths)
                 if all((p, f) in self.cache.tokens for f in flips) and np.isfinite(train.scores[i])]
-        for p in all_paths:
-            if p in self.cache.errors:
-                log.warning("skipped in training: %s", self.cache.errors[p])
+        if distributed.current(self.device).main:
+            for p in all_paths:
+                if p in self.cache.errors:
+                    log.warning("skipped in training: %s", self.cache.errors[p])
         if len(keep) < 2:
             raise ValueError(f"{len(keep)} usable training images: a probe needs at least 2")
         paths = [all_paths[i] for i in keep]
@@ -246,7 +287,11 @@ class ProbeTrainer:
         for lr in lrs:
             torch.manual_seed(r.seed)
             candidate = model if len(lrs) == 1 else self.build_model().to(self.device)
-            fits.append(self._fit_head(candidate, lr, x_plain, x_flip, y, val if has_val else None))
+            key = None
+            if self.checkpoints is not None:
+                key = FitCheckpoints.key("probe", self.name, self.cache.fingerprint, candidate.head.head_config(),
+                                         r.defining(), lr, dataset_fingerprint(train), dataset_fingerprint(val))
+            fits.append(self._fit_head(candidate, lr, x_plain, x_flip, y, val if has_val else None, key))
         # the lr whose best epoch validates best (ties: the first, i.e. the grid's order)
         chosen = max(range(len(fits)), key=lambda k: (fits[k]["best_score"], -k))
         fit = fits[chosen]
@@ -265,21 +310,52 @@ class ProbeTrainer:
         return out
 
     def _fit_head(self, model: CLICv2Probe, base_lr: float, x_plain: torch.Tensor, x_flip: torch.Tensor | None,
-                  y: torch.Tensor, val: ComplexityDataset | None) -> dict:
-        """Train ``model``'s head at peak lr ``base_lr``; with ``val``, keep its best epoch."""
+                  y: torch.Tensor, val: ComplexityDataset | None, key: str | None = None) -> dict:
+        """Train ``model``'s head at peak lr ``base_lr``; with ``val``, keep its best epoch. With a
+        checkpoint ``key``: a checkpoint after every epoch, and resume from the last one."""
         r = self.recipe
-        head_params = [p for p in model.head.parameters() if p.requires_grad]
+        dist = distributed.current(self.device)
+        saved = self.checkpoints.load(key) if key is not None else None
+        if saved is not None and saved["finished"]:
+            model.head.load_state_dict(saved["model"])
+            if dist.main:
+                log.info("lr %g: finished fit restored from its checkpoint", base_lr)
+            return {"model": model, "history": saved["history"], "best_score": float(saved["best"]["score"]),
+                    "best_epoch": int(saved["best"]["epoch"])}
+        head = distributed.convert_global_batchnorm(model.head) if dist.world > 1 else model.head
+        model.head = head
+        head_params = [p for p in head.parameters() if p.requires_grad]
         optimiser = torch.optim.SGD(head_params, lr=base_lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        scaler = distributed.grad_scaler(self.device, r.amp, r.amp_dtype)
+        net = distributed.wrap_ddp(head, self.device)
         rng = np.random.default_rng(r.seed)
         n = len(y)
         starts = list(range(0, n, r.batch_size))
-        if len(starts) > 1 and n - starts[-1] < 2:  # BatchNorm cannot train on a batch of one
+        if len(starts) > 1 and n - starts[-1] < max(2, dist.world):  # BatchNorm cannot train on a batch of one
             starts.pop()
         bounds = list(zip(starts, starts[1:] + [n]))
         steps_per_epoch = len(bounds)
-        best = (-np.inf, 0, copy.deepcopy(model.head.state_dict()))
-        history, stale, iteration = [], 0, 0
-        for epoch in range(1, r.epochs + 1):
+        side = math.isqrt(x_plain.shape[1] - 1)
+        best = (-np.inf, 0, copy.deepcopy(head.state_dict()))
+        history, stale, iteration, first = [], 0, 0, 1
+        if saved is not None:
+            head.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            best = (float(saved["best"]["score"]), int(saved["best"]["epoch"]), saved["best"]["state"])
+            history, stale, iteration = list(saved["history"]), int(saved["stale"]), int(saved["iteration"])
+            first = int(saved["epoch"]) + 1
+            set_rng_state(saved["rng"])
+            if dist.main:
+                log.info("lr %g: resumed after epoch %d", base_lr, first - 1)
+        for _ in range(1, first):  # the data order of epoch e depends on (seed, e) only
+            rng.permutation(n)
+            if x_flip is not None:
+                rng.random(n)
+        stopped = r.patience is not None and stale >= r.patience
+        for epoch in range(first, r.epochs + 1):
+            if stopped:
+                break
             t0 = time.perf_counter()
             model.train()
             order = torch.from_numpy(rng.permutation(n))
@@ -287,34 +363,59 @@ class ProbeTrainer:
             losses, lr = [], base_lr
             for a, b in bounds:
                 idx = order[a:b]
-                x = x_plain[idx]
+                mine = distributed.shard(idx, dist.rank, dist.world)  # this process's share of the global batch
+                x = x_plain[mine]
                 if flip_now is not None:
-                    x = torch.where(flip_now[idx][:, None, None], x_flip[idx], x)
+                    x = torch.where(flip_now[mine][:, None, None], x_flip[mine], x)
                 lr = base_lr * lr_factor(iteration, epoch, r, steps_per_epoch)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
-                outputs = model.head_outputs(x.to(self.device, non_blocking=True))
-                loss = model.head.loss(outputs, y[idx].to(self.device))
+                with distributed.autocast(self.device, r.amp, r.amp_dtype):
+                    outputs = net(x.to(self.device, non_blocking=True), (side, side))
+                    loss = head.loss(outputs, y[mine].to(self.device))
+                if dist.world > 1:
+                    loss = loss * distributed.loss_scale(len(mine), len(idx), dist.world)
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
                 losses.append(float(loss.detach()))
                 iteration += 1
-            row = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)),
+            row = {"epoch": epoch, "lr": lr, "loss": float(np.mean(self._global_mean(losses, dist))),
                    "seconds": round(time.perf_counter() - t0, 3)}
             if val is not None:
-                row["val_srcc"] = self._val_score(model, val)
+                row["val_srcc"] = float(dist.broadcast_object(self._val_score(model, val)))
                 if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
-                    best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.head.state_dict())), 0
+                    best, stale = (row["val_srcc"], epoch, copy.deepcopy(head.state_dict())), 0
                 elif np.isfinite(row["val_srcc"]):
                     stale += 1
             history.append(row)
-            log.info("lr %g epoch %d: %s", base_lr, epoch, row)
-            if r.patience is not None and stale >= r.patience:
-                break
+            if dist.main:
+                log.info("lr %g epoch %d: %s", base_lr, epoch, row)
+            stopped = r.patience is not None and stale >= r.patience
+            if key is not None and epoch < r.epochs and not stopped:
+                self.checkpoints.save(key, {
+                    "finished": False, "epoch": epoch, "model": head.state_dict(), "optimizer": optimiser.state_dict(),
+                    "scaler": scaler.state_dict(), "best": {"score": float(best[0]), "epoch": best[1], "state": best[2]},
+                    "stale": stale, "iteration": iteration, "history": plain(history), "rng": rng_state()}, dist.main)
         if best[1] > 0:
-            model.head.load_state_dict(best[2])
+            head.load_state_dict(best[2])
+        if dist.world > 1:
+            model.head = distributed.revert_global_batchnorm(head)
+        if key is not None:
+            self.checkpoints.save(key, {
+                "finished": True, "epoch": len(history), "model": model.head.state_dict(), "history": plain(history),
+                "best": {"score": float(best[0]), "epoch": best[1]}}, dist.main)
         return {"model": model, "history": history, "best_score": best[0], "best_epoch": best[1]}
+
+    @staticmethod
+    def _global_mean(values: list[float], dist) -> list[float]:
+        """Per-step losses of the global batch: the processes' scaled local losses averaged."""
+        if dist.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=dist.comm_device)
+        torch.distributed.all_reduce(t)
+        return (t / dist.world).tolist()
 
     def _val_score(self, model: CLICv2Probe, val: ComplexityDataset) -> float:
         paths = val.full_paths()

@@ -15,6 +15,22 @@ Speed: when the encoders' image trunk is frozen and cacheable (the offline pair)
 ``train_crops`` fixed random crops per image and for every evaluation patch is computed once and
 kept (in memory, and in ``cache_dir`` when given); epoch ``e`` trains on crop ``e % train_crops``.
 CLIP's prompts enter every layer, so with CLIP every step runs the image encoder (a GPU's job).
+
+Several processes (``torchrun``, see :mod:`pyica.training.distributed`): every process calls
+``fit_dataset`` and ``score_files`` together. Cached trunk features and evaluation patches are
+computed in strided shares and gathered; the training step (captions included) runs inside
+``DistributedDataParallel``; each global batch of ``batch_size`` is split across the processes by
+striding; BatchNorm layers (the offline pair's ``image_norm``) use the global batch's statistics;
+the paper's in-batch caption softmax runs over the global batch's captions (gathered with their
+gradients); the loss is scaled so that the averaged gradient is the global batch's; the validation
+score is rank 0's. So ``W`` processes train the model one process trains with the same global
+batch, up to float rounding. A last batch smaller than ``max(2, W)`` joins the one before. Only
+rank 0 logs and writes. Mixed precision: ``amp`` (CUDA only), ``amp_dtype`` bf16 or fp16 (with a
+GradScaler).
+
+Crash safety: with ``checkpoint_dir`` every epoch of every fit is checkpointed atomically and
+``resume=True`` continues an interrupted fit with the same data order, or skips a finished one
+(:mod:`pyica.training.resume`); ``pyica train CONFIG --resume`` uses it.
 """
 
 from __future__ import annotations
@@ -36,8 +52,10 @@ from ..data.dataset import ComplexityDataset, label_range
 from ..loading import load_image
 from ..models.cmssa import CMSSA, alignment_scores
 from ..models.ridge import selection_score
-from ..runtime import default_num_workers, resolve_device
+from ..runtime import default_num_workers
 from ..scoring import iter_batches, progress_bar
+from . import distributed
+from .resume import FitCheckpoints, dataset_fingerprint, plain, rng_state, set_rng_state
 
 __all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup"]
 
@@ -56,14 +74,24 @@ class TrainRecipe:
     train_short_side: int = 384
     train_crops: int = 4
     patience: int | None = 15
-    amp: bool = True
+    amp: bool = True  # torch.autocast on CUDA (no effect on CPU)
+    amp_dtype: str = "bfloat16"  # or "float16" (with a GradScaler)
     device: str = "auto"
     num_workers: int | None = None
     eval_batch_size: int = 16
     cache_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.amp_dtype not in distributed.AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(distributed.AMP_DTYPES)}, not {self.amp_dtype!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def defining(self) -> dict:
+        """The fields that change a fit's result (for checkpoint keys)."""
+        skip = {"device", "num_workers", "eval_batch_size", "cache_dir"}
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 
 @dataclass(frozen=True)
@@ -89,15 +117,19 @@ class RandomCrop:
 
 
 class _CropFiles(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[str], crop: RandomCrop, draw: int):
+    """Seeded crops of ``paths``; crop ``i`` is drawn with ``keys[i]`` (default ``i``), so that a
+    process's share of a list gets the crops one process would draw for the same images."""
+
+    def __init__(self, paths: Sequence[str], crop: RandomCrop, draw: int, keys: Sequence[int] | None = None):
         self.paths, self.crop, self.draw = list(paths), crop, draw
+        self.keys = list(range(len(self.paths))) if keys is None else list(keys)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.crop(load_image(self.paths[i]), i, self.draw), None
+            return i, self.crop(load_image(self.paths[i]), self.keys[i], self.draw), None
         except Exception as err:  # a bad file must not stop training: it is skipped and reported
             return i, None, f"{self.paths[i]}: {err}"
 
@@ -126,14 +158,33 @@ class CaptionLookup:
         raise KeyError(f"{path}: no caption (make them with `pyica caption DATASET -o captions.jsonl`)")
 
 
+class _TrainingStep(torch.nn.Module):
+    """One step's forward, captions included: the module that DistributedDataParallel wraps (DDP
+    synchronises gradients of what runs inside its ``forward``)."""
+
+    def __init__(self, trainer: "CMSSATrainer", model: CMSSA, from_trunk: bool, gather: bool):
+        super().__init__()
+        self.model, self.from_trunk = model, from_trunk
+        self.__dict__["trainer"] = trainer  # a plain reference, not a submodule
+        self.gather = distributed.all_gather_with_grad if gather else None
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, paths: list[str]):
+        model = self.model
+        cap = (model.caption_embeddings(self.trainer._caption_features(model, paths))
+               if model.config.branches != "complexity" else None)
+        return model.training_step(images, targets, cap, from_trunk=self.from_trunk, gather=self.gather)
+
+
 class CMSSATrainer:
     """Trains CM-SSA models built by ``build_model()`` and scores files with the trained one."""
 
     def __init__(self, build_model: Callable[[], CMSSA], recipe: TrainRecipe = TrainRecipe(),
-                 captions: dict[str, str] | None = None, name: str = "cmssa"):
+                 captions: dict[str, str] | None = None, name: str = "cmssa",
+                 checkpoint_dir: str | None = None, resume: bool = False):
         self.build_model, self.recipe, self.name = build_model, recipe, name
         self.captions = CaptionLookup(captions) if captions else None
-        self.device = resolve_device(recipe.device)
+        self.device = distributed.process_device(recipe.device)
+        self.checkpoints = FitCheckpoints(checkpoint_dir, resume=resume) if checkpoint_dir else None
         self.model: CMSSA | None = None
         self.history: list[dict] = []
         self._crop_cache: dict[tuple[str, int], np.ndarray] = {}
@@ -161,6 +212,7 @@ class CMSSATrainer:
     def _crop_features(self, model: CMSSA, paths: list[str]) -> None:
         """Fill the cache with the trunk features of ``train_crops`` seeded crops per image."""
         r, cfg = self.recipe, model.config
+        dist = distributed.current(self.device)
         crop = RandomCrop(r.train_short_side, cfg.patch_size, r.seed)
         disk = self._disk_cache("crops", model, {"crop": asdict(crop)})
         self._load_disk(disk, self._crop_cache, tuple_keys=True)
@@ -168,42 +220,55 @@ class CMSSATrainer:
             todo = [p for p in paths if (p, draw) not in self._crop_cache]
             if not todo:
                 continue
+            keys = distributed.shard(list(range(len(todo))), dist.rank, dist.world)  # this process's share
+            mine = [todo[k] for k in keys]
             workers = default_num_workers() if r.num_workers is None else r.num_workers
-            loader = torch.utils.data.DataLoader(_CropFiles(todo, crop, draw), batch_size=r.eval_batch_size,
+            loader = torch.utils.data.DataLoader(_CropFiles(mine, crop, draw, keys), batch_size=r.eval_batch_size,
                                                  num_workers=workers, collate_fn=_collate_crops)
-            bar = progress_bar(len(todo), True)
+            bar = progress_bar(len(mine), dist.main)
             bar.set_description(f"training crops {draw + 1}/{r.train_crops}")
+            found: dict[tuple[str, int], np.ndarray] = {}
             for idx, pixels, errors in loader:
                 for i, message in errors:
                     log.warning("skipped in training: %s", message)
                 if pixels is not None:
                     for i, f in zip(idx, self._trunk(model, pixels)):
-                        self._crop_cache[(todo[i], draw)] = f
+                        found[(mine[i], draw)] = f
                 bar.update(len(idx) + len(errors))
             bar.close()
-        self._save_disk(disk, self._crop_cache)
+            self._crop_cache.update(dist.all_gather_dict(found) if dist.world > 1 else found)
+        if dist.main:
+            self._save_disk(disk, self._crop_cache)
 
     def _patch_features(self, model: CMSSA, paths: list[str], max_pixels=None) -> dict[str, str]:
         """Fill the cache with the trunk features of every evaluation patch; returns load errors."""
+        dist = distributed.current(self.device)
         disk = self._disk_cache("patches", model, {"grid": repr(model.transform)})
         self._load_disk(disk, self._patch_cache)
         todo = [p for p in paths if p not in self._patch_cache]
         errors: dict[str, str] = {}
         if todo:
-            bar = progress_bar(len(todo), True)
+            mine = distributed.shard(todo, dist.rank, dist.world)  # this process's share, gathered below
+            found: dict[str, np.ndarray] = {}
+            bar = progress_bar(len(mine), dist.main)
             bar.set_description("evaluation patches")
-            for indices, batch, bad in iter_batches(todo, model.transform, model.collate, batch_size=self.recipe.eval_batch_size,
+            for indices, batch, bad in iter_batches(mine, model.transform, model.collate, batch_size=self.recipe.eval_batch_size,
                                                     num_workers=self.recipe.num_workers, max_pixels=max_pixels):
                 for i, message in bad:
-                    errors[todo[i]] = message
+                    errors[mine[i]] = message
                 if batch is not None:
                     counts = [len(p) for p in batch]
                     feats = self._trunk(model, torch.cat(batch))
                     for i, f in zip(indices, np.split(feats, np.cumsum(counts)[:-1])):
-                        self._patch_cache[todo[i]] = f
+                        found[mine[i]] = f
                 bar.update(len(indices) + len(bad))
             bar.close()
-            self._save_disk(disk, self._patch_cache)
+            if dist.world > 1:
+                found = dist.all_gather_dict(found)
+                errors = {k: v for part in dist.all_gather_object(errors) for k, v in part.items()}
+            self._patch_cache.update(found)
+            if dist.main:
+                self._save_disk(disk, self._patch_cache)
         return errors
 
     @staticmethod
@@ -243,84 +308,159 @@ class CMSSATrainer:
 
     def fit_dataset(self, train: ComplexityDataset, val: ComplexityDataset | None = None, **_) -> dict:
         r = self.recipe
+        dist = distributed.current(self.device)
         torch.manual_seed(r.seed)
         model = self.build_model().to(self.device)
         cfg = model.config
         if cfg.branches != "complexity" and self.captions is None:
             raise ValueError(f"CM-SSA with branches={cfg.branches!r} needs captions of the training images")
-        low, high = label_range([train] + ([val] if val is not None and len(val) else []))
+        has_val = val is not None and len(val) > 0
+        low, high = label_range([train] + ([val] if has_val else []))
         paths = train.full_paths()
         targets = {p: (s - low) / (high - low) for p, s in zip(paths, train.scores)}
         cacheable = self._cacheable(model)
         if cacheable:
             self._crop_features(model, paths)
             paths = [p for p in paths if (p, 0) in self._crop_cache]
+        key = saved = None
+        if self.checkpoints is not None:
+            key = FitCheckpoints.key("cmssa", self.name, asdict(cfg), type(model.encoders).__name__,
+                                     getattr(model.encoders, "trunk_id", ""), r.defining(),
+                                     dataset_fingerprint(train), dataset_fingerprint(val))
+            saved = self.checkpoints.load(key)
+        if saved is not None and saved["finished"]:
+            model.load_state_dict(saved["model"], strict=False)
+            model.eval()
+            self.model, self.history = model, list(saved["result"]["history"])
+            if dist.main:
+                log.info("finished fit restored from its checkpoint")
+            return dict(saved["result"])
+        if dist.world > 1:
+            model = distributed.convert_global_batchnorm(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimiser = torch.optim.Adam(trainable, lr=r.lr, weight_decay=r.weight_decay)
-        use_amp = r.amp and self.device.type == "cuda"
+        scaler = distributed.grad_scaler(self.device, r.amp, r.amp_dtype)
+        step = distributed.wrap_ddp(_TrainingStep(self, model, cacheable, gather=dist.world > 1), self.device,
+                                    find_unused_parameters=True)
         rng = np.random.default_rng(r.seed)
         best = (-np.inf, 0, copy.deepcopy(model.trainable_state_dict()))
-        self.history, stale = [], 0
-        for epoch in range(1, r.epochs + 1):
+        self.history, stale, first = [], 0, 1
+        if saved is not None:
+            model.load_state_dict(saved["model"], strict=False)
+            optimiser.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            best = (float(saved["best"]["score"]), int(saved["best"]["epoch"]), saved["best"]["state"])
+            self.history, stale, first = list(saved["history"]), int(saved["stale"]), int(saved["epoch"]) + 1
+            set_rng_state(saved["rng"])
+            if dist.main:
+                log.info("resumed after epoch %d", first - 1)
+        for _ in range(1, first):  # the data order of epoch e depends on (seed, e) only
+            rng.permutation(len(paths))
+        stopped = r.patience is not None and stale >= r.patience
+        for epoch in range(first, r.epochs + 1):
+            if stopped:
+                break
             t0 = time.perf_counter()
             model.train()
             order = [paths[i] for i in rng.permutation(len(paths))]
             batches = [order[i:i + r.batch_size] for i in range(0, len(order), r.batch_size)]
-            if len(batches) > 1 and len(batches[-1]) < 2:  # an in-batch softmax needs two captions
+            # an in-batch softmax needs two captions, and every process at least one image
+            if len(batches) > 1 and len(batches[-1]) < max(2, dist.world):
                 batches[-2].extend(batches.pop())
-            losses = []
-            for batch_paths, images in self._epoch_batches(model, batches, epoch, cacheable):
+            losses, sizes = [], []
+            for batch_paths, images, n_global in self._epoch_batches(model, batches, epoch, cacheable, dist):
                 y = torch.tensor([targets[p] for p in batch_paths], dtype=torch.float32, device=self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    cap = (model.caption_embeddings(self._caption_features(model, batch_paths))
-                           if cfg.branches != "complexity" else None)
-                    loss, parts = model.training_step(images, y, cap, from_trunk=cacheable)
+                with distributed.autocast(self.device, r.amp, r.amp_dtype):
+                    loss, parts = step(images, y, batch_paths)
+                if dist.world > 1:
+                    loss = loss * distributed.loss_scale(len(batch_paths), n_global, dist.world)
                 optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
                 losses.append(parts)
+                sizes.append((len(batch_paths), n_global))
             row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2),
-                   **{k: float(np.mean([p[k] for p in losses])) for k in losses[0]}}
-            if val is not None and len(val):
+                   **self._epoch_losses(losses, sizes, dist)}
+            if has_val:
                 self.model = model
-                row["val_srcc"] = self._selection_score(val)
+                row["val_srcc"] = float(dist.broadcast_object(float(self._selection_score(val))))
                 if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
                     best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.trainable_state_dict())), 0
                 elif np.isfinite(row["val_srcc"]):
                     stale += 1
             self.history.append(row)
-            log.info("epoch %d: %s", epoch, row)
-            if r.patience is not None and stale >= r.patience:
-                break
+            if dist.main:
+                log.info("epoch %d: %s", epoch, row)
+            stopped = r.patience is not None and stale >= r.patience
+            if key is not None and epoch < r.epochs and not stopped:
+                self.checkpoints.save(key, {
+                    "finished": False, "epoch": epoch, "model": model.trainable_state_dict(),
+                    "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
+                    "best": {"score": float(best[0]), "epoch": best[1], "state": best[2]}, "stale": stale,
+                    "history": plain(self.history), "rng": rng_state()}, dist.main)
         # a validation part too small for a correlation (all NaN) cannot choose: keep the last epoch
-        selected = val is not None and len(val) and best[1] > 0
+        selected = has_val and best[1] > 0
         if selected:
             model.load_state_dict(best[2], strict=False)
+        if dist.world > 1:
+            model = distributed.revert_global_batchnorm(model)
         model.eval()
         self.model = model
-        return {"best_epoch": best[1] if selected else len(self.history),
-                "epochs_run": len(self.history), "label_range": [low, high], "n_train": len(paths),
-                "selected_on": "validation" if selected else "last epoch",
-                "history": self.history}
+        result = {"best_epoch": best[1] if selected else len(self.history),
+                  "epochs_run": len(self.history), "label_range": [low, high], "n_train": len(paths),
+                  "selected_on": "validation" if selected else "last epoch",
+                  "history": self.history}
+        if key is not None:
+            self.checkpoints.save(key, {"finished": True, "epoch": len(self.history),
+                                        "model": model.trainable_state_dict(), "result": plain(result)}, dist.main)
+        return result
 
-    def _epoch_batches(self, model: CMSSA, batches: list[list[str]], epoch: int, cacheable: bool):
+    @staticmethod
+    def _epoch_losses(parts: list[dict[str, float]], sizes: list[tuple[int, int]], dist) -> dict[str, float]:
+        """Mean over the epoch's steps of each loss part of the global batch (with several
+        processes: their local means weighted by their shares)."""
+        keys = list(parts[0])
+        if dist.world == 1:
+            return {k: float(np.mean([p[k] for p in parts])) for k in keys}
+        local = torch.tensor([[p[k] * n for k in keys] for p, (n, _) in zip(parts, sizes)], dtype=torch.float64,
+                             device=dist.comm_device)
+        torch.distributed.all_reduce(local)
+        per_step = local.cpu() / torch.tensor([float(g) for _, g in sizes], dtype=torch.float64)[:, None]
+        return {k: float(per_step[:, i].mean()) for i, k in enumerate(keys)}
+
+    def _epoch_batches(self, model: CMSSA, batches: list[list[str]], epoch: int, cacheable: bool, dist):
+        """Per global batch: this process's share of its paths (positions ``rank, rank + W, ...``),
+        their inputs, and the number of images of the global batch."""
         r = self.recipe
         if cacheable:
             draw = (epoch - 1) % r.train_crops
             for batch in batches:
-                feats = np.stack([self._crop_cache[(p, draw)] for p in batch])
-                yield batch, torch.from_numpy(feats).to(self.device)
+                mine = distributed.shard(batch, dist.rank, dist.world)
+                feats = np.stack([self._crop_cache[(p, draw)] for p in mine])
+                yield mine, torch.from_numpy(feats).to(self.device), len(batch)
             return
         crop = RandomCrop(r.train_short_side, model.config.patch_size, r.seed)
-        flat = [p for b in batches for p in b]
-        loader = torch.utils.data.DataLoader(_CropFiles(flat, crop, epoch), batch_size=r.batch_size,
+        flat, keys, local_batches, start = [], [], [], 0
+        for batch in batches:  # crop k of the epoch is drawn with key k, whichever process loads it
+            positions = distributed.shard(list(range(start, start + len(batch))), dist.rank, dist.world)
+            local_batches.append(list(range(len(flat), len(flat) + len(positions))))
+            flat.extend(batch[k - start] for k in positions)
+            keys.extend(positions)
+            start += len(batch)
+        loader = torch.utils.data.DataLoader(_CropFiles(flat, crop, epoch, keys), batch_sampler=local_batches,
                                              num_workers=default_num_workers() if r.num_workers is None else r.num_workers,
                                              collate_fn=_collate_crops, pin_memory=self.device.type == "cuda")
         for idx, pixels, errors in loader:
             for _, message in errors:
                 log.warning("skipped in training: %s", message)
-            if pixels is not None and len(idx) >= 2:
-                yield [flat[i] for i in idx], model.normalize(pixels.to(self.device, non_blocking=True))
+            if dist.world > 1:  # images that failed to load: every process must agree on the step
+                counts = [int(c[0]) for c in dist.all_gather_arrays(np.array([len(idx)], dtype=np.int64))]
+                usable, n_global = min(counts) >= 1 and sum(counts) >= 2, sum(counts)
+            else:
+                usable, n_global = len(idx) >= 2, len(idx)
+            if usable:
+                yield [flat[i] for i in idx], model.normalize(pixels.to(self.device, non_blocking=True)), n_global
 
     def _selection_score(self, val: ComplexityDataset) -> float:
         scores, _ = self.score_files(val.full_paths())
@@ -341,14 +481,21 @@ class CMSSATrainer:
         if model.config.branches == "alignment":
             return self._score_alignment_only(model, paths, max_pixels)
         if not self._cacheable(model):
-            errors = {}
-            for i, rec in enumerate(score_paths(paths, model, batch_size=batch_size, num_workers=num_workers,
-                                                max_pixels=max_pixels, progress=progress)):
+            dist = distributed.current(self.device)
+            mine = distributed.shard(list(range(len(paths))), dist.rank, dist.world)  # shares gathered below
+            local, errors = np.full(len(mine), np.nan), {}
+            for j, rec in enumerate(score_paths([paths[i] for i in mine], model, batch_size=batch_size,
+                                                num_workers=num_workers, max_pixels=max_pixels,
+                                                progress=progress and dist.main)):
                 if rec.error:
                     errors[rec.path] = rec.error
                 else:
-                    scores[i] = rec.score
-            return scores, errors
+                    local[j] = rec.score
+            if dist.world == 1:
+                return local, errors
+            for rank, part in enumerate(dist.all_gather_arrays(local)):
+                scores[rank::dist.world] = part
+            return scores, {k: v for part in dist.all_gather_object(errors) for k, v in part.items()}
         errors = self._patch_features(model, paths, max_pixels)
         level_emb = model.level_embeddings()
         for i, p in enumerate(paths):
@@ -401,9 +548,21 @@ def captions_for(config: dict, ds: ComplexityDataset, out_dir: Path, device: str
 
 
 def train_from_config(config_path, *, root: str | None = None, output_dir: str | None = None, evaluate: bool = True,
-                      device: str = "auto", num_workers: int | None = None, progress: bool = True) -> dict:
+                      device: str = "auto", num_workers: int | None = None, progress: bool = True,
+                      resume: bool = False) -> dict:
     """Evaluate the recipe under the config's protocol, train on the whole dataset (epoch chosen on a
-    carved-out validation part), write the trainable tensors and the card; returns the card."""
+    carved-out validation part), write the trainable tensors and the card; returns the card.
+
+    Every fit is checkpointed after every epoch in ``<output_dir>/<model>.checkpoints/``; ``resume``
+    continues from there after a crash (skipping finished fits), and the folder is removed once the
+    weights and card are written. Under torchrun every process runs this; rank 0 writes."""
+    with distributed.Distributed(device) as dist:
+        return _train_from_config(config_path, dist, root=root, output_dir=output_dir, evaluate=evaluate,
+                                  device=device, num_workers=num_workers, progress=progress, resume=resume)
+
+
+def _train_from_config(config_path, dist: distributed.Distributed, *, root, output_dir, evaluate, device,
+                       num_workers, progress, resume) -> dict:
     from ..data import load_dataset
     from ..data.splits import carve_validation
     from ..evaluation import run_protocol
@@ -414,24 +573,36 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
     config = load_config(config_path)
     ds = load_dataset(config["dataset"], root=root or config.get("root"))
     out_dir = Path(output_dir or config.get("output_dir") or ".")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = TrainRecipe(**{**config.get("recipe", {}), "device": device,
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = FitCheckpoints(out_dir / f"{config['model']}.checkpoints", resume=resume)
+    if checkpoints.files() and not resume:
+        raise FileExistsError(f"{checkpoints.directory} holds checkpoints of an interrupted run: pass --resume to "
+                              "continue it, or delete the folder to start over")
+    recipe = TrainRecipe(**{**config.get("recipe", {}), "device": device,  # each process: its LOCAL_RANK GPU
                             **({"num_workers": num_workers} if num_workers is not None else {})})
     cmssa_config = CMSSAConfig(**config.get("cmssa", {}))
     encoder_spec = config["encoders"]
-    captions = captions_for(config, ds, out_dir, device) if cmssa_config.branches != "complexity" else None
+    captions = None
+    if cmssa_config.branches != "complexity":  # rank 0 makes (and caches) them, then every rank reads them
+        if dist.main:
+            captions = captions_for(config, ds, out_dir, str(dist.device))
+        dist.barrier()
+        if not dist.main:
+            captions = captions_for(config, ds, out_dir, str(dist.device))
     encoders = build_encoders(encoder_spec)  # built once; each fit starts from a fresh copy
 
     def build() -> CMSSA:
         return CMSSA(copy.deepcopy(encoders), cmssa_config)
 
-    trainer = CMSSATrainer(build, recipe, captions, name=config["model"])
+    trainer = CMSSATrainer(build, recipe, captions, name=config["model"], checkpoint_dir=str(checkpoints.directory),
+                           resume=resume)
     evaluation = None
     if evaluate and config.get("evaluation"):
         ev = config["evaluation"]
         result = run_protocol(config["model"], ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"],
                               seed=ev["seed"], test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
-                              num_workers=num_workers, progress=progress)
+                              num_workers=num_workers, progress=progress and dist.main)
         evaluation = {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
     everything = np.arange(len(ds))
     val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
@@ -444,8 +615,13 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
             "score": {"range": [0.0, 1.0], "higher": "more complex",
                       "meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
             "training": {"dataset": ds.name, "images": fit["n_train"], "recipe": recipe.to_dict(),
-                         "best_epoch": fit["best_epoch"], "selected_on": fit["selected_on"],
+                         "processes": dist.world, "best_epoch": fit["best_epoch"], "selected_on": fit["selected_on"],
                          "captions": config.get("captions"), "config_file": config["config_file"],
                          "history": fit["history"]},
             "evaluation": evaluation}
-    return save_cmssa(trainer.model, out_dir / f"{config['model']}.safetensors", card)
+    if dist.main:
+        card = save_cmssa(trainer.model, out_dir / f"{config['model']}.safetensors", card)
+        checkpoints.remove()  # the weights are written: nothing left to resume
+    card = dist.broadcast_object(card)
+    dist.barrier()
+    return card

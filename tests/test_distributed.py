@@ -1,0 +1,298 @@
+"""Data-parallel training: 2 CPU processes (gloo) give the result of 1 process with the same global batch.
+
+The test launches this file twice as a script with the variables torchrun would export (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``), runs the same tasks in the pytest
+process alone, and compares:
+
+* probes (linear head: BatchNorm1d; ICNet-style head: BatchNorm2d), global batch 4 = 2 x 2, with
+  flips and a validation part choosing the epoch;
+* the default model: features extracted in strided shares and gathered, then the ridge head that
+  rank 0 fits and writes (``pyica.training.fit_head.train``).
+
+and, marked slow, a tiny offline CM-SSA with both branches (the in-batch caption softmax over the
+gathered global batch, the trainable BatchNorm ``image_norm``), Adam.
+
+Tolerances: the processes compute the same functions in another order (gradients averaged over
+2 processes instead of summed in one batch, global-batch BatchNorm statistics reduced from two
+partial sums), so results agree up to float32 rounding, not bit for bit:
+
+* probes (SGD, 3 epochs): measured at most 2.4e-6 on parameters (the linear head's weight, ~0.1),
+  1e-6 on scores; asserted: 2e-5 absolute.
+* default model: features and ridge head measured identical (each image's features do not depend
+  on which images share its batch); asserted: 1e-5 relative, 1e-6 absolute.
+* CM-SSA (Adam, lr 1e-2, 4 steps): measured at most 1.7e-5 on parameters, 4e-7 on scores. Adam
+  divides by the root of the squared-gradient average, which amplifies rounding differences of
+  near-zero gradients; asserted: 1e-4 absolute (1 % of one Adam step of this lr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+PROBE_ATOL = 2e-5
+CMSSA_ATOL = 1e-4
+FEATURE_RTOL = 1e-5
+
+
+# --- the tasks, identical in 1 and 2 processes ---------------------------------------------------------
+
+def _image(i: int, size: int = 48) -> Image.Image:
+    rng = np.random.default_rng(i)
+    a = np.full((size, size, 3), rng.integers(60, 200), np.uint8)
+    for _ in range(i % 6):
+        w, h = rng.integers(4, 14, 2)
+        x, y = rng.integers(0, size - 14, 2)
+        a[y:y + h, x:x + w] = rng.integers(0, 256, 3)
+    return Image.fromarray(a)
+
+
+def _dataset(root: Path, n: int, write: bool = False):
+    from pyica.data.dataset import ComplexityDataset
+
+    names = [f"img{i:02d}.png" for i in range(n)]
+    if write:
+        root.mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(names):
+            _image(i).save(root / name)
+    scores = np.array([float(i % 6) for i in range(n)])
+    return ComplexityDataset("toy", root, np.array(names), scores, np.array(["a", "b"] * (n // 2)), np.array([]))
+
+
+def _probe_results(data: Path) -> dict:
+    from pyica.models.clicv2_probe import CLICv2Probe, build_head, random_encoder
+    from pyica.models.vit import vit_config
+    from pyica.training import distributed
+    from pyica.training.probe import ProbeRecipe, ProbeTrainer
+
+    dist = distributed.current("cpu")
+    if dist.main:
+        _dataset(data, 14, write=True)
+    dist.barrier()
+    ds = _dataset(data, 14)
+    encoder, info = random_encoder(vit_config("vit_tiny", patch_size=8, image_size=32, dim=32, depth=2, heads=2),
+                                   seed=0, arch="vit_tiny")
+    out = {}
+    for kind, options in (("linear", {}), ("icnet", dict(width=8, map_size=8, slam_size=4, slam_hidden=8,
+                                                          score_hidden=8))):
+        recipe = ProbeRecipe(epochs=3, batch_size=4, lr=0.1, schedule="cosine", warmup_epochs=0, device="cpu",
+                             num_workers=0)
+        trainer = ProbeTrainer(lambda: CLICv2Probe(encoder, build_head(kind, encoder.num_features, **options), info),
+                               recipe)
+        fit = trainer.fit_dataset(ds.subset(np.arange(10)), ds.subset(np.arange(10, 14)))
+        scores, _ = trainer.score_files(ds.full_paths())
+        out[kind] = {"state": {k: v.clone() for k, v in trainer.model.head.state_dict().items()},
+                     "losses": [row["loss"] for row in fit["history"]], "best_epoch": fit["best_epoch"],
+                     "scores": torch.from_numpy(scores)}
+    return out
+
+
+def _ridge_results(data: Path, out_dir: Path) -> dict:
+    from pyica.checkpoints import load_tensors
+    from pyica.data.manifest import write_manifest
+    from pyica.training import distributed, fit_head
+
+    dist = distributed.current("cpu")
+    config_path = data / f"config_{out_dir.name}.json"
+    if dist.main:  # rank 0 writes the inputs; the other process reads them after the barrier
+        ds = _dataset(data, 16, write=True)
+        write_manifest(ds, data / "toy.csv")
+        config_path.write_text(json.dumps({
+            "model": "effnet_lite0_ridge.savoias", "dataset": "toy.csv",
+            "evaluation": {"protocol": "random", "n_splits": 2, "seed": 0, "test_fraction": 0.25,
+                           "val_fraction": 0.2}}))
+    dist.barrier()
+    ds = _dataset(data, 16)
+    models, create = [], fit_head.create_model
+
+    def keep(*args, **kw):  # the model train() builds: its feature cache holds every image
+        models.append(create(*args, **kw))
+        return models[-1]
+
+    fit_head.create_model = keep
+    try:
+        card = fit_head.train(config_path, output_dir=str(out_dir), device="cpu", num_workers=0, progress=False)
+    finally:
+        fit_head.create_model = create
+    assert len(models) == 1
+    features, errors = models[0].extract_features(ds.full_paths(), num_workers=0)  # from the cache: no extraction
+    assert not errors
+    return {"features": torch.from_numpy(features), "alpha": card["architecture"]["ridge_alpha"],
+            "head": load_tensors(out_dir / "effnet_lite0_ridge.savoias.safetensors"),
+            "metrics": card["evaluation"]["metrics"]}
+
+
+def _cmssa_results(data: Path) -> dict:
+    """A tiny offline CM-SSA (random EfficientNet-Lite0 + 2-layer BERT) with both branches: the
+    paper's in-batch caption softmax, the trainable BatchNorm1d ``image_norm``, validation."""
+    import copy
+
+    import transformers
+
+    from pyica.models.cmssa import CMSSA, CMSSAConfig
+    from pyica.models.cmssa_offline import EffNetMiniLMEncoders, minilm_path
+    from pyica.training import distributed
+    from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe
+
+    dist = distributed.current("cpu")
+    if dist.main:
+        _dataset(data, 14, write=True)
+    dist.barrier()
+    ds = _dataset(data, 14)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=80), add_pooling_layer=False).eval()
+    encoders = EffNetMiniLMEncoders(bert, tokenizer, image_variant="lite0", embed_dim=16, pretrained=False)
+    config = CMSSAConfig(n_ctx=2, depth=1, patch_size=48, patch_stride=48, max_patches=1, eval_short_side=48)
+    recipe = TrainRecipe(epochs=2, batch_size=4, lr=1e-2, train_short_side=48, train_crops=1, num_workers=0,
+                         patience=None, device="cpu")
+    captions = {p: f"an image with {i % 6} things" for i, p in enumerate(ds.full_paths())}
+    trainer = CMSSATrainer(lambda: CMSSA(copy.deepcopy(encoders), config), recipe, captions=captions)
+    fit = trainer.fit_dataset(ds.subset(np.arange(8)), ds.subset(np.arange(8, 14)))
+    scores, _ = trainer.score_files(ds.full_paths())
+    return {"state": trainer.model.trainable_state_dict(), "scores": torch.from_numpy(scores),
+            "history": [[row[k] for k in ("complexity", "alignment", "val_srcc")] for row in fit["history"]]}
+
+
+TASKS = {"probe_ridge": lambda data, out: {"probe": _probe_results(data / "probe"),
+                                            "ridge": _ridge_results(data / "ridge", out)},
+         "cmssa": lambda data, out: {"cmssa": _cmssa_results(data / "cmssa")}}
+
+
+def _run_tasks(task: str, data: Path, out_dir: Path) -> dict:
+    torch.set_num_threads(1)
+    return TASKS[task](data, out_dir)
+
+
+# --- the tests -------------------------------------------------------------------------------------
+
+def test_single_process_pieces():
+    """Outside torchrun: rank 0 of 1, collectives are the identity, GlobalBatchNorm is BatchNorm."""
+    from torch import nn
+
+    from pyica.training import distributed
+
+    dist = distributed.current("cpu")
+    assert (dist.rank, dist.world, dist.main) == (0, 1, True)
+    shares = [distributed.shard(list(range(11)), r, 3) for r in range(3)]
+    assert sorted(sum(shares, [])) == list(range(11)) and shares[1] == [1, 4, 7, 10]
+    rows = {3: np.ones(2, np.float32)}
+    assert dist.all_gather_dict(rows) == rows and dist.broadcast_object("x") == "x"
+
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU())
+    reference = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU())
+    reference.load_state_dict(head.state_dict())
+    params = list(head.parameters())
+    converted = distributed.convert_global_batchnorm(head)
+    assert isinstance(converted[1], distributed.GlobalBatchNorm) and list(converted.parameters()) == params
+    assert converted.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(converted(x), reference(x), rtol=0, atol=0)
+    reverted = distributed.revert_global_batchnorm(converted)
+    assert type(reverted[1]) is nn.BatchNorm1d and list(reverted.parameters()) == params
+    torch.testing.assert_close(reverted[1].running_var, reference[1].running_var, rtol=0, atol=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(task: str, tmp: Path, world: int = 2) -> list[subprocess.Popen]:
+    """Start ``world`` processes of this file as torchrun would (``_worker``)."""
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        procs.append(subprocess.Popen([sys.executable, __file__, task, str(tmp)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen]) -> None:
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=300)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(logs[-1:] + logs[:1])
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    procs = _launch("probe_ridge", tmp_path)  # they write tmp_path/two.pt and tmp_path/out_two/ (rank 0)
+    try:  # meanwhile, the same tasks in this process alone, on inputs of its own
+        one = _run_tasks("probe_ridge", tmp_path / "data_one", tmp_path / "out_one")
+    finally:
+        _wait(procs)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+
+    for kind in ("linear", "icnet"):
+        a, b = one["probe"][kind], two["probe"][kind]
+        assert a["state"].keys() == b["state"].keys()
+        for name in a["state"]:  # parameters and BatchNorm running statistics (global-batch ones)
+            torch.testing.assert_close(b["state"][name], a["state"][name], atol=PROBE_ATOL, rtol=0, msg=name)
+        np.testing.assert_allclose(b["losses"], a["losses"], atol=PROBE_ATOL, rtol=0)
+        torch.testing.assert_close(b["scores"], a["scores"], atol=PROBE_ATOL, rtol=0)
+        assert a["best_epoch"] == b["best_epoch"]
+
+    a, b = one["ridge"], two["ridge"]
+    torch.testing.assert_close(b["features"], a["features"], rtol=FEATURE_RTOL, atol=1e-6)
+    assert a["alpha"] == b["alpha"]
+    for name in a["head"]:
+        torch.testing.assert_close(b["head"][name], a["head"][name], rtol=FEATURE_RTOL, atol=1e-6, msg=name)
+    for scope in a["metrics"]:  # rounded to 4 places; NaN where a test part is too small for a correlation
+        for key in ("srcc_mean", "plcc_mean"):
+            np.testing.assert_allclose(b["metrics"][scope][key], a["metrics"][scope][key], atol=1e-3, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_two_processes_train_cmssa_like_one_process(tmp_path):
+    pytest.importorskip("transformers")
+    procs = _launch("cmssa", tmp_path)
+    try:
+        one = _run_tasks("cmssa", tmp_path / "data_one", tmp_path / "out_one")["cmssa"]
+    finally:
+        _wait(procs)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)["cmssa"]
+    assert one["state"].keys() == two["state"].keys()
+    for name in one["state"]:  # prompts, projections, image_norm's global-batch statistics
+        if one["state"][name].is_floating_point():
+            torch.testing.assert_close(two["state"][name], one["state"][name], atol=CMSSA_ATOL, rtol=0, msg=name)
+    torch.testing.assert_close(two["scores"], one["scores"], atol=CMSSA_ATOL, rtol=0)
+    np.testing.assert_allclose(two["history"], one["history"], atol=CMSSA_ATOL, rtol=0)
+
+
+def _worker(task: str, tmp: Path) -> None:
+    from pyica.training.distributed import Distributed
+
+    with Distributed("cpu") as dist:
+        assert dist.world == 2 and dist.backend == "gloo"
+        results = _run_tasks(task, tmp / "data_two", tmp / "out_two")
+        if dist.main:
+            torch.save(results, tmp / "two.pt")
+        dist.barrier()
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], Path(sys.argv[2]))

@@ -1,0 +1,190 @@
+"""Crash-safe training: a fit killed after epoch k and resumed ends with exactly the weights of an
+uninterrupted fit (CPU, bit for bit), for the probe trainer, the CM-SSA trainer and
+``pyica train CONFIG --resume``. The "kill" is an exception raised right after a checkpoint is
+written, so the epoch in progress is lost as it would be."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyica.training import resume as resume_module
+from pyica.training.resume import FitCheckpoints
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def crash_after_saves(monkeypatch, n: int) -> list[dict]:
+    """Make the ``n``-th checkpoint write raise after writing; returns the states written."""
+    original, written = FitCheckpoints.save, []
+
+    def save(self, key, state, main=True):
+        original(self, key, state, main)
+        written.append(state)
+        if len(written) == n:
+            raise _Crash(f"killed after checkpoint {n} (epoch {state['epoch']})")
+
+    monkeypatch.setattr(FitCheckpoints, "save", save)
+    return written
+
+
+def _rows(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+# --- probes --------------------------------------------------------------------------------------------
+
+def test_probe_resumed_after_a_crash_ends_exactly_like_an_uninterrupted_fit(tmp_path, monkeypatch):
+    from test_clicv2_probe import make_probe, recipe, tiny_config, toy_dataset
+
+    from pyica.models.clicv2_probe import random_encoder
+    from pyica.training.probe import ProbeTrainer, TokenCache
+
+    encoder = random_encoder(tiny_config(), seed=0, arch="vit_tiny")
+    ds = toy_dataset(tmp_path / "data", n=16, categories=("a", "b"))
+    train, val = ds.subset(np.arange(10)), ds.subset(np.arange(10, 16))
+    r = recipe(epochs=5, batch_size=4, lr=0.1, lr_grid=(0.05, 0.2))  # two fits, one checkpoint file each
+    cache = TokenCache()
+
+    def trainer(**kw):
+        return ProbeTrainer(lambda: make_probe(encoder, "linear"), r, cache=cache, **kw)
+
+    whole = trainer()
+    expected = whole.fit_dataset(train, val)
+
+    # 4 epoch checkpoints + 1 finished for lr 0.05, then lr 0.2 is killed after its epoch 2
+    written = crash_after_saves(monkeypatch, 7)
+    with pytest.raises(_Crash):
+        trainer(checkpoint_dir=tmp_path / "ck").fit_dataset(train, val)
+    assert [s["finished"] for s in written] == [False] * 4 + [True, False, False]
+    files = FitCheckpoints(tmp_path / "ck").files()
+    assert len(files) == 2
+    for f in files:  # plain tensors and containers only
+        assert torch.load(f, weights_only=True)["format"] == resume_module.FORMAT
+    monkeypatch.undo()
+
+    resumed = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
+    got = resumed.fit_dataset(train, val)
+    state, want = resumed.model.head.state_dict(), whole.model.head.state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+    assert _rows(got["history"]) == _rows(expected["history"])
+    assert (got["lr"], got["best_epoch"], got["lr_grid"]) == (expected["lr"], expected["best_epoch"], expected["lr_grid"])
+
+    # resumed again, both fits are finished: restored from their files, not retrained
+    again = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
+    monkeypatch.setattr(ProbeTrainer, "_global_mean", lambda *a: pytest.fail("a finished fit was retrained"))
+    assert _rows(again.fit_dataset(train, val)["history"]) == _rows(expected["history"])
+
+
+# --- CM-SSA --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    transformers = pytest.importorskip("transformers")
+    from pyica.models.cmssa_offline import minilm_path
+
+    return transformers.AutoTokenizer.from_pretrained(minilm_path())
+
+
+def _tiny_encoders(tokenizer):
+    from test_cmssa import tiny_offline
+
+    torch.manual_seed(0)
+    return tiny_offline(tokenizer, embed_dim=16)
+
+
+CMSSA_SETTINGS = dict(n_ctx=2, depth=1, patch_size=64, patch_stride=64, max_patches=1, eval_short_side=64)
+
+
+def test_cmssa_resumed_after_a_crash_ends_exactly_like_an_uninterrupted_fit(tmp_path, monkeypatch, tokenizer):
+    import copy
+
+    from test_cmssa import _toy_dataset
+
+    from pyica.models.cmssa import CMSSA, CMSSAConfig
+    from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe
+
+    ds = _toy_dataset(tmp_path, n=12)
+    captions = {p: f"an image with {i} things" for i, p in enumerate(ds.full_paths())}
+    encoders, config = _tiny_encoders(tokenizer), CMSSAConfig(**CMSSA_SETTINGS)
+    recipe = TrainRecipe(epochs=4, batch_size=4, lr=1e-2, train_short_side=64, train_crops=2, num_workers=0,
+                         patience=None, device="cpu")
+
+    def trainer(**kw):
+        return CMSSATrainer(lambda: CMSSA(copy.deepcopy(encoders), config), recipe, captions=captions, **kw)
+
+    train, val = ds.subset(np.arange(8)), ds.subset(np.arange(8, 12))
+    whole = trainer()
+    expected = whole.fit_dataset(train, val)
+
+    crash_after_saves(monkeypatch, 2)
+    with pytest.raises(_Crash):
+        trainer(checkpoint_dir=tmp_path / "ck").fit_dataset(train, val)
+    monkeypatch.undo()
+    resumed = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
+    got = resumed.fit_dataset(train, val)
+    state, want = resumed.model.trainable_state_dict(), whole.model.trainable_state_dict()
+    assert state.keys() == want.keys() and all(torch.equal(state[k], want[k]) for k in want)
+    assert _rows(got["history"]) == _rows(expected["history"]) and got["best_epoch"] == expected["best_epoch"]
+
+
+def test_cli_train_resume_continues_a_killed_cmssa_run(tmp_path, monkeypatch, tokenizer):
+    from test_cmssa import _toy_dataset
+
+    import pyica.models.cmssa as cmssa_module
+    from pyica.checkpoints import load_tensors
+    from pyica.cli import main
+    from pyica.data.manifest import write_manifest
+
+    ds = _toy_dataset(tmp_path, n=12)
+    write_manifest(ds, tmp_path / "toy.csv")
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text("".join(json.dumps({"path": p, "caption": f"an image with {i} things"}) + "\n"
+                                for i, p in enumerate(ds.full_paths())))
+    config = {"method": "cmssa", "model": "cmssa_offline.lite2_minilm", "dataset": "toy.csv",
+              "encoders": {"kind": "offline", "image_variant": "lite0", "embed_dim": 16},
+              "cmssa": CMSSA_SETTINGS, "captions": {"file": str(captions)},
+              "recipe": {"epochs": 3, "batch_size": 4, "lr": 1e-2, "train_crops": 1, "train_short_side": 64,
+                         "patience": None},
+              "evaluation": {"protocol": "random", "n_splits": 2, "seed": 0, "test_fraction": 0.25,
+                             "val_fraction": 0.2}}
+    (tmp_path / "cmssa.json").write_text(json.dumps(config))
+    monkeypatch.setattr(cmssa_module, "build_encoders", lambda spec, **kw: _tiny_encoders(tokenizer))
+
+    def train(out, *extra):
+        return main(["train", str(tmp_path / "cmssa.json"), "--output-dir", str(tmp_path / out), "--workers", "0",
+                     "--device", "cpu", "-q", *extra])
+
+    assert train("whole") == 0
+    # 3 fits (2 evaluation splits, then the final one) of 3 epochs: 2 epoch checkpoints + 1 finished each;
+    # killed in the second split after its first epoch
+    crash_after_saves(monkeypatch, 4)
+    with pytest.raises(_Crash):
+        train("killed")
+    monkeypatch.undo()
+    monkeypatch.setattr(cmssa_module, "build_encoders", lambda spec, **kw: _tiny_encoders(tokenizer))
+    checkpoints = tmp_path / "killed" / "cmssa_offline.lite2_minilm.checkpoints"
+    assert len(list(checkpoints.glob("fit-*.pt"))) == 2
+    assert train("killed") == 1  # leftover checkpoints without --resume: an error, nothing overwritten
+    assert train("killed", "--resume") == 0
+    assert not checkpoints.exists()  # removed once the weights are written
+    name = "cmssa_offline.lite2_minilm"
+    a, b = load_tensors(tmp_path / "whole" / f"{name}.safetensors"), load_tensors(tmp_path / "killed" / f"{name}.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card_a = json.loads((tmp_path / "whole" / f"{name}.json").read_text())
+    card_b = json.loads((tmp_path / "killed" / f"{name}.json").read_text())
+    assert card_a["evaluation"] == card_b["evaluation"]
+    assert _rows(card_a["training"]["history"]) == _rows(card_b["training"]["history"])
