@@ -10,6 +10,12 @@ Because every registered model (classic measure or learned) scores patches throu
 ``score_images``, all of them produce maps by this one code path. Map values are patch scores: the
 same scale as whole-image scores, but a patch is a different image from the whole, so the mean of
 a map need not equal the image's score.
+
+**Native maps.** A model that computes a map itself (ICNet, :mod:`pyica.models.icnet`) has a
+``native_map(image) -> (height, width)`` method; :func:`complexity_map` then returns that map, at
+the image's own resolution, instead of scoring patches (the patch and stride fractions do not
+apply). :func:`upsample_map` passes a grid that already has the image's size through unchanged, so
+:func:`overlay` and :func:`write_map` treat both kinds alike.
 """
 
 from __future__ import annotations
@@ -97,9 +103,18 @@ def complexity_map(model, image: Image.Image, patch_fraction: float = 0.25, stri
     crop at its native resolution, shrunk only beyond the measure's working scale; a learned model
     resizes the crop to its input size). So every registered model makes maps the same way.
     Patches are scored ``batch_size`` at a time.
+
+    A model with a ``native_map`` method (see the module doc) gives its own map instead: a
+    ``(height, width)`` float32 array at the image's resolution.
     """
     if image.mode != "RGB":
         image = image.convert("RGB")
+    native = getattr(model, "native_map", None)
+    if callable(native):
+        grid = np.asarray(native(image), dtype=np.float32)
+        if grid.shape != (image.height, image.width):
+            raise ValueError(f"native_map returned shape {grid.shape} for a {image.width}x{image.height} image")
+        return grid
     boxes, shape = patch_grid(image.width, image.height, patch_fraction, stride_fraction)
     batch_size = max(1, int(batch_size))
     scores: list[float] = []
@@ -122,10 +137,15 @@ def upsample_map(grid: np.ndarray, width: int, height: int, boxes: Sequence[Box]
     With ``boxes`` (from :func:`patch_grid`), each value sits at the centre of its patch; without,
     the grid is taken as ``rows`` x ``cols`` equal tiles with values at the tile centres. Beyond the
     outermost centres the border values are held (no extrapolation).
+
+    A grid that already has the image's size (a model's native map) is returned as is, ``boxes``
+    unused.
     """
     grid = np.asarray(grid, dtype=np.float32)
     if grid.ndim != 2 or grid.size == 0:
         raise ValueError(f"grid must be a non-empty 2-D array, got shape {grid.shape}")
+    if grid.shape == (int(height), int(width)):
+        return grid.copy()
     rows, cols = grid.shape
     if boxes is not None:
         if len(boxes) != rows * cols:

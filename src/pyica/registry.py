@@ -30,7 +30,7 @@ DEFAULT_MODEL = "effnet_lite0_ridge.savoias"
 # Modules that register models when imported. Heavy ones import their own dependencies lazily,
 # inside the builder, so listing models stays cheap.
 _MODEL_MODULES = ("pyica.models.classic", "pyica.models.effnet_ridge", "pyica.models.cmssa",
-                  "pyica.models.clicv2_probe")
+                  "pyica.models.clicv2_probe", "pyica.models.icnet")
 
 
 @dataclass(frozen=True)

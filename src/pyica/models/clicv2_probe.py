@@ -23,6 +23,8 @@ are here; only the head has trainable tensors.
    ``align_corners=True``) to ``slam_size`` squared and flattened. A shared
    ``Linear(slam_size^2, slam_hidden)-ReLU-Linear(slam_hidden, 1)-Sigmoid`` gives a gate that
    multiplies that channel.
+   SLAM and the map/score branches are ICNet's own code (:mod:`pyica.models.icnet`: ``SLAM``,
+   ``MapScoreHeads``, ``icnet_loss``), shared with the full ICNet.
 5. **Loss** (ICNet's ``train.py`` and CLIC's ``fine_tuning.py``):
    ``0.9 * MSE(score, y) + 0.1 * MSE(mean(map), y)``. The map is only weakly supervised.
 
@@ -85,14 +87,13 @@ from PIL import Image
 from torch import nn
 
 from .base import ComplexityModel
+from .icnet import IMAGENET_MEAN, IMAGENET_STD, SLAM, MapScoreHeads, icnet_loss
 from .vit import ViT, ViTConfig
 
 __all__ = ["HEAD_KINDS", "ICNetHeadConfig", "SLAM", "ICNetProbeHead", "LinearProbeHead", "SquareResize", "CLICv2Probe",
            "build_head", "load_encoder", "random_encoder", "encoder_fingerprint", "save_probe", "load_probe"]
 
 HEAD_KINDS = ("icnet", "linear")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _FORMAT = "pyica.clicv2_probe/1"
 
 
@@ -119,28 +120,6 @@ class ICNetHeadConfig:
         return asdict(self)
 
 
-def _conv_bn_relu(channels_in: int, channels_out: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(channels_in, channels_out, kernel, padding=kernel // 2),
-                         nn.BatchNorm2d(channels_out), nn.ReLU(inplace=True))
-
-
-class SLAM(nn.Module):
-    """ICNet's spatial layout attention: a per-channel gate computed from that channel's layout."""
-
-    def __init__(self, size: int, hidden: int = 512):
-        super().__init__()
-        self.size = size
-        self.mlp = nn.Sequential(nn.Linear(size * size, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1),
-                                 nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        layout = x if (h, w) == (self.size, self.size) else F.interpolate(
-            x, size=(self.size, self.size), mode="bilinear", align_corners=True)
-        gate = self.mlp(layout.reshape(n, c, -1))  # (n, c, 1)
-        return x * gate.unsqueeze(-1)
-
-
 def _tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor:
     """``(B, 1 + N, D)`` tokens (cls first) -> the patch grid ``(B, D, rows, cols)``."""
     patches = tokens[:, 1:]
@@ -153,7 +132,7 @@ def _tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int] | None) -> torch.
     return patches.transpose(1, 2).reshape(b, d, grid[0], grid[1])
 
 
-class ICNetProbeHead(nn.Module):
+class ICNetProbeHead(MapScoreHeads, nn.Module):
     """ICNet's map and score heads on a frozen encoder's patch-token grid (see the module doc).
 
     ``forward(tokens, grid)`` -> ``(score (B,), map (B, 1, map_size, map_size))``, both in [0, 1].
@@ -168,15 +147,8 @@ class ICNetProbeHead(nn.Module):
         # up_conv_bn_relu (1x1 conv before the upsampling: identical, see the module doc)
         self.up_conv = nn.Conv2d(in_dim, c.width, kernel_size=1)
         self.up_bn = nn.BatchNorm2d(c.width)
-        # map branch
-        self.map_features = _conv_bn_relu(c.width, c.width, 3)
-        self.map_slam = SLAM(c.slam_size, c.slam_hidden)
-        self.to_map = nn.Conv2d(c.width, 1, kernel_size=1)
-        # score branch
-        self.score_features = _conv_bn_relu(c.width, c.width, 3)
-        self.score_slam = SLAM(c.slam_size, c.slam_hidden)
-        self.score_mlp = nn.Sequential(nn.Linear(c.width, c.score_hidden), nn.ReLU(inplace=True),
-                                       nn.Linear(c.score_hidden, 1))
+        # map and score branches (shared with ICNet: pyica.models.icnet.MapScoreHeads)
+        self._init_heads(c.width, c.slam_size, c.slam_hidden, c.score_hidden)
 
     def head_config(self) -> dict:
         return {"kind": self.kind, "in_dim": self.in_dim, **self.config.to_dict()}
@@ -186,16 +158,10 @@ class ICNetProbeHead(nn.Module):
         c = self.config
         x = self.up_conv(_tokens_to_map(tokens, grid))
         x = F.interpolate(x, size=(c.map_size, c.map_size), mode="bilinear", align_corners=True)
-        x = F.relu(self.up_bn(x))
-        complexity_map = torch.sigmoid(self.to_map(self.map_slam(self.map_features(x))))
-        pooled = self.score_slam(self.score_features(x)).mean(dim=(2, 3))
-        score = torch.sigmoid(self.score_mlp(pooled)).squeeze(-1)
-        return score, complexity_map
+        return self.map_and_score(F.relu(self.up_bn(x)))
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor | None], target: torch.Tensor) -> torch.Tensor:
-        score, complexity_map = outputs
-        w = self.config.map_weight
-        return (1 - w) * F.mse_loss(score, target) + w * F.mse_loss(complexity_map.mean(dim=(1, 2, 3)), target)
+        return icnet_loss(outputs[0], outputs[1], target, self.config.map_weight)
 
 
 class LinearProbeHead(nn.Module):
