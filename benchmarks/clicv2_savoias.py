@@ -178,6 +178,9 @@ def parse_args(argv=None):
     g = p.add_argument_group("ablations (Table 2)")
     g.add_argument("--ablations", default=",".join(ABLATIONS),
                    help=f"which ablations, comma-separated from {', '.join(ABLATIONS)} (default: all)")
+    g.add_argument("--ablation-steps", type=int, default=None,
+                   help="give every ablation exactly this many pretraining steps instead of --ablation-minutes (the "
+                        "same budget for all, whatever else the machine is doing)")
     g.add_argument("--ablation-splits", type=int, default=None, help="splits per ablation (default: --splits)")
     g.add_argument("--ablation-heads", default="linear", help="heads probed per ablation (default: linear)")
     g = p.add_argument_group("machine")
@@ -270,11 +273,13 @@ def seconds_per_step(model: dict, source: Path, exclude: Path, args, folder: Pat
 
 
 def pretrain_encoder(slug: str, changes: dict, minutes: float, source: Path, exclude: Path, n_images: int,
-                     args) -> tuple[Path, dict]:
-    """Pretrain (or reuse) one CLICv2 encoder within ``minutes``; returns its run folder and a summary."""
+                     args, fixed_steps: int | None = None) -> tuple[Path, dict]:
+    """Pretrain (or reuse) one CLICv2 encoder within ``minutes`` (or for exactly ``fixed_steps``);
+    returns its run folder and a summary."""
     model = {"arch": ARCH, "patch_size": PATCH, "image_size": args.image_size, "momentum": args.momentum, **changes}
     CLICv2Config(**model)  # validate early
-    key = json.dumps({"model": model, "minutes": minutes, "batch": args.batch_size, "lr": args.lr,
+    budget = {"steps": fixed_steps} if fixed_steps else {"minutes": minutes}
+    key = json.dumps({"model": model, **budget, "batch": args.batch_size, "lr": args.lr,
                       "warmup": args.warmup_fraction, "seed": args.seed, "data": source.name}, sort_keys=True)
     run = args.cache_dir / "runs" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     card = run / "encoder.json"
@@ -284,14 +289,18 @@ def pretrain_encoder(slug: str, changes: dict, minutes: float, source: Path, exc
         return run, {"steps": training["steps"], "epochs": training["epochs_done"], "final_loss": training["final_loss"],
                      "minutes": round(training["seconds_total"] / 60, 2), "reused": True}
     shutil.rmtree(run, ignore_errors=True)
-    per_step = seconds_per_step(model, source, exclude, args, args.cache_dir / "runs" / f"timing-{slug}")
     steps_per_epoch = n_images // args.batch_size
     if steps_per_epoch < 1:
         raise SystemExit(f"{n_images} pretraining images are fewer than one batch of {args.batch_size}")
-    steps = max(1, int(minutes * 60 / per_step))
+    if fixed_steps:
+        steps = fixed_steps
+        print(f"  {steps} steps ({steps / steps_per_epoch:.1f} epochs of {n_images} images)", flush=True)
+    else:
+        per_step = seconds_per_step(model, source, exclude, args, args.cache_dir / "runs" / f"timing-{slug}")
+        steps = max(1, int(minutes * 60 / per_step))
+        print(f"  {per_step:.2f} s/step -> {steps} steps ({steps / steps_per_epoch:.1f} epochs of {n_images} images) "
+              f"in {minutes} min", flush=True)
     epochs = steps / steps_per_epoch
-    print(f"  {per_step:.2f} s/step -> {steps} steps ({epochs:.1f} epochs of {n_images} images) in {minutes} min",
-          flush=True)
     summary = pretrain(pretrain_config(model, source, exclude, args, epochs, run), num_workers=args.workers,
                        progress=False)
     print(f"  pretrained: {summary['steps']} steps in {summary['seconds'] / 60:.1f} min, final loss "
@@ -433,7 +442,7 @@ def readme_text(rows: list[dict], pngs: list[Path], args, machine: str) -> str:
             lines.append(f"| {r['encoder']} | {r['head']} | " + " | ".join(_fmt(per.get(c)) for c in cats)
                          + f" | {_fmt(r['split0_pcc_mean'])} | {_fmt(r['split0_pcc_var'], 4)} |")
     if abl:
-        lines += ["", f"Table 2 ablations at this scale (about {_fmt(abl[0]['pretrain_minutes'], 1)} min of pretraining "
+        lines += ["", f"Table 2 ablations at this scale ({str(abl[0]['pretrain_steps']) + ' pretraining steps' if args.ablation_steps else 'about ' + _fmt(abl[0]['pretrain_minutes'], 1) + ' min of pretraining'} "
                       "each; (f) is the full method at the same budget, the row to compare (a)-(e) with):", "",
                   "| setting | head | pretraining steps | final loss | category mean SRCC | pooled SRCC | "
                   "split 0 cat. mean SRCC |", "|---|---|---|---|---|---|---|"]
@@ -450,7 +459,7 @@ def readme_text(rows: list[dict], pngs: list[Path], args, machine: str) -> str:
                 rel = png
             lines.append(f"![t-SNE {png.stem}]({rel.as_posix()})")
     lines += ["", f"Reproduce: `{args.command}` (pretraining {args.minutes} min, ablations "
-                  f"{args.ablation_minutes} min each, key momentum {args.momentum}, probe lr chosen on validation "
+                  f"{f'{args.ablation_steps} steps' if args.ablation_steps else f'{args.ablation_minutes} min'} each, key momentum {args.momentum}, probe lr chosen on validation "
                   f"from {', '.join(f'{v:g}' for v in args.probe_lrs) or f'{args.probe_lr:g}'}, ICNet head "
                   f"{args.icnet_width} ch / {args.icnet_map_size} px map)."]
     return "\n".join(lines)
@@ -519,8 +528,10 @@ def main(argv=None) -> None:
     if args.only in ("all", "ablations"):
         for key in args.ablations:
             table, setting, changes = ABLATIONS[key]
-            print(f"\n== {table}: {setting}; pretraining {args.ablation_minutes} min", flush=True)
-            run, pre = pretrain_encoder(f"ablation-{key}", changes, args.ablation_minutes, source, exclude, n_pre, args)
+            budget = f"{args.ablation_steps} steps" if args.ablation_steps else f"{args.ablation_minutes} min"
+            print(f"\n== {table}: {setting}; pretraining {budget}", flush=True)
+            run, pre = pretrain_encoder(f"ablation-{key}", changes, args.ablation_minutes, source, exclude, n_pre, args,
+                                        fixed_steps=args.ablation_steps)
             encoder, info = load_encoder(run)
             cache = TokenCache()
             for kind in args.ablation_heads:

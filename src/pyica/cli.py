@@ -63,13 +63,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="score image files, folders (recursively) or CSV manifests",
+        help="score image files, folders (recursively), CSV manifests or .tar shards",
         description="Scores every input image and writes one row per image: path, model, score, error. "
-                    "Unreadable files get an error row and the run continues. With -o, rows are written "
-                    "to OUT.part while running, renamed to OUT at the end, and a metadata sidecar "
-                    "OUT.meta.json records versions, device, counts and speed.",
+                    "Unreadable files get an error row and the run continues. Inputs are streamed, so memory "
+                    "does not grow with their number. With -o, rows are written to OUT.part while running, "
+                    "renamed to OUT at the end, and a metadata sidecar OUT.meta.json records versions, "
+                    "device, counts and speed. Under torchrun (WORLD_SIZE > 1) every rank scores its share "
+                    "of the inputs on cuda:LOCAL_RANK (when CUDA is available) into its own file, OUT with "
+                    ".rank{RANK}of{WORLD_SIZE} inserted before the extension (scores.csv -> "
+                    "scores.rank0of4.csv); no process group is used.",
     )
-    p.add_argument("inputs", nargs="+", help="image files, folders, or .csv manifests with an 'image'/'path' column")
+    p.add_argument("inputs", nargs="+",
+                   help="image files, folders, .csv manifests with an 'image'/'path' column, or uncompressed "
+                        "WebDataset-style .tar shards (members named SHARD.tar:MEMBER in the output); brace "
+                        "patterns such as 'shards/x-{000..009}.tar' are expanded")
     _add_model_args(p)
     p.add_argument("-o", "--output", help="output file (.csv or .jsonl); default: CSV to stdout")
     p.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from the extension, else csv)")
@@ -78,6 +85,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+    def shard_arg(text: str) -> tuple[int, int]:
+        from .scoring import parse_shard
+
+        try:
+            return parse_shard(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="I/N",
+                   help="score only the inputs at positions p (0-based, in input order) with p %% N == I, "
+                        "so that N runs with I = 0..N-1 cover every input exactly once; give each its own -o. "
+                        "Under torchrun the shard is split again by rank: rank r of w takes p %% (N*w) == I + N*r")
     p.add_argument("--maps", metavar="DIR",
                    help="also write a complexity map per image: DIR/<name>.map.png overlay and DIR/<name>.map.npy "
                         "patch-score grid (paths under the inputs' common folder are mirrored under DIR)")
@@ -127,7 +147,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     "<output_dir>/<model>.safetensors plus its JSON card. Frozen-feature heads are "
                     "deterministic: --verify refits and compares with the existing weights instead of "
                     "writing. CM-SSA configs (\"method\": \"cmssa\", configs/cmssa/) train prompts and "
-                    "projections with the paper's recipe; the epoch is chosen on a validation part.",
+                    "projections with the paper's recipe; the epoch is chosen on a validation part, every epoch "
+                    "is checkpointed and --resume continues a killed run. Several GPUs: torchrun "
+                    "--nproc_per_node 4 -m pyica train CONFIG (batch_size is the global batch; only rank 0 "
+                    "writes).",
     )
     p.add_argument("config", help="JSON config, e.g. configs/effnet_lite0_ridge.savoias.json")
     p.add_argument("--root", help="dataset folder (default: the config's root, relative to the config file)")
@@ -137,7 +160,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="refit and compare with the existing weights (max score difference vs the config's "
                         "tolerance); exit 1 if they differ; writes nothing")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from the checkpoints in OUTPUT_DIR/<model>.checkpoints/ "
+                        "(same data order; finished fits are not redone); without it leftover checkpoints are an "
+                        "error. Frozen-feature heads are closed-form: nothing to resume")
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, cuda:1, ... (default: auto; under torchrun each process uses its LOCAL_RANK GPU)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -262,23 +290,54 @@ def _environment(device) -> dict:
 
 
 def cmd_score(args) -> int:
+    import itertools
+    import os
+
+    import torch
+
     from .registry import create_model, model_info
-    from .scoring import iter_image_paths, score_paths
+    from .scoring import _expand_input, check_inputs, iter_image_paths, rank_output_path, score_paths, torchrun_env
     from .writers import ScoreWriter, write_json_atomic
 
     if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
         raise ValueError(f"--map-patch and --map-stride must be in (0, 1], got {args.map_patch} and {args.map_stride}")
+    check_inputs(args.inputs)
+    if args.maps and any(p.lower().endswith(".tar") for item in args.inputs for p in _expand_input(item)):
+        raise ValueError("--maps cannot read images inside .tar shards; extract them or score without --maps")
+    rank, world, local_rank, local_world = torchrun_env()
+    shard_i, shard_n = args.shard or (0, 1)
+    if world > 1:
+        if not args.output:
+            raise ValueError(f"under torchrun (WORLD_SIZE={world}) -o is needed: each rank writes OUT.rank<r>of{world}.<ext>")
+        args.output = rank_output_path(args.output, rank, world)
+        if args.device in ("auto", "cuda") and torch.cuda.is_available():
+            args.device = f"cuda:{local_rank}"
+        if args.workers is None and local_world > 1:  # share the machine's cores between its ranks
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            args.workers = min(8, max(1, cores // local_world - 1))
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}))
     writer = ScoreWriter(args.output, args.format, resume=args.resume, overwrite=args.overwrite)
-    all_paths = list(iter_image_paths(args.inputs, recursive=args.recursive))
-    paths = [p for p in all_paths if p not in writer.done]
-    skipped = len(all_paths) - len(paths)
-    if skipped and not args.quiet:
-        log.info("resuming: %d of %d inputs already in %s", skipped, len(all_paths), args.output)
+    if writer.done and not args.quiet:
+        log.info("resuming: %d inputs already in %s", len(writer.done), args.output)
+    # Positions in the input stream: --shard I/N keeps p % N == I, then rank r of w keeps every w-th of
+    # those from the r-th on, i.e. p % (N * w) == I + N * r. Nothing is listed: counts are kept on the fly.
+    counts = {"inputs": 0, "skipped": 0}
+
+    def todo():
+        stream = iter_image_paths(args.inputs, recursive=args.recursive)
+        mine = itertools.islice(itertools.islice(stream, shard_i, None, shard_n), rank, None, world)
+        for path in mine:
+            counts["inputs"] += 1
+            if path in writer.done:
+                counts["skipped"] += 1
+            else:
+                yield path
+
+    paths = todo()
     n_scored = n_errors = 0
-    maps_written, map_failures, map_seconds = 0, [], 0.0
+    maps_written, map_errors, map_failures, map_seconds = 0, 0, [], 0.0
     if args.maps:
         from . import maps as mapping
         from .loading import ImageLoadError, load_image
@@ -287,7 +346,7 @@ def cmd_score(args) -> int:
 
     def write_maps(records) -> None:
         """Maps of the scored records (called after their scores are written); a failure is logged and kept."""
-        nonlocal maps_written, map_seconds
+        nonlocal maps_written, map_errors, map_seconds
         if not args.maps:
             return
         t_maps = time.perf_counter()
@@ -303,7 +362,9 @@ def cmd_score(args) -> int:
             except Exception as err:  # one bad map must not stop the job
                 message = str(err) if isinstance(err, ImageLoadError) else f"{rec.path}: {type(err).__name__}: {err}"
                 log.warning("map failed: %s", message)
-                map_failures.append(message)
+                if len(map_failures) < 100:  # the metadata lists the first 100, counts them all
+                    map_failures.append(message)
+                map_errors += 1
         map_seconds += time.perf_counter() - t_maps
 
     finished = False
@@ -329,6 +390,7 @@ def cmd_score(args) -> int:
         writer.close(finished=finished)
     seconds = time.perf_counter() - t0
     scoring_seconds = time.perf_counter() - t_model - map_seconds
+    skipped, processed = counts["skipped"], n_scored + n_errors
     meta = {
         "command": " ".join(["pyica", *args.argv]),
         "model": args.model,
@@ -337,19 +399,22 @@ def cmd_score(args) -> int:
         "precision": args.precision,
         "batch_size": args.batch_size,
         "workers": args.workers,
-        "inputs": len(all_paths),
+        "shard": f"{shard_i}/{shard_n}" if args.shard else None,
+        "rank": rank,
+        "world_size": world,
+        "inputs": counts["inputs"],
         "skipped_already_done": skipped,
         "scored": n_scored,
         "errors": n_errors,
         "seconds_total": round(seconds, 3),
         "seconds_scoring": round(scoring_seconds, 3),
-        "images_per_second": round(len(paths) / scoring_seconds, 3) if scoring_seconds > 0 and paths else None,
+        "images_per_second": round(processed / scoring_seconds, 3) if scoring_seconds > 0 and processed else None,
         "started_utc": started.isoformat(timespec="seconds"),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if args.maps:
         meta["maps"] = {"dir": args.maps, "patch_fraction": args.map_patch, "stride_fraction": args.map_stride,
-                        "written": maps_written, "errors": len(map_failures), "failures": map_failures,
+                        "written": maps_written, "errors": map_errors, "failures": map_failures,
                         "seconds": round(map_seconds, 3)}
     if args.output:
         write_json_atomic(Path(args.output).with_name(Path(args.output).name + ".meta.json"), meta)
@@ -358,7 +423,7 @@ def cmd_score(args) -> int:
         print(f"pyica: {n_scored} scored, {n_errors} errors, {skipped} already done, {seconds:.1f} s{rate}"
               + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
         if args.maps:
-            print(f"pyica: {maps_written} maps, {len(map_failures)} map errors -> {args.maps}", file=sys.stderr)
+            print(f"pyica: {maps_written} maps, {map_errors} map errors -> {args.maps}", file=sys.stderr)
     return 0
 
 
@@ -390,19 +455,39 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _main_rank() -> bool:
+    """False in the processes of a torchrun launch other than rank 0 (they print nothing)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_train(args) -> int:
     from .training.fit_head import read_json_config, train
+
+    if read_json_config(args.config).get("method") == "icnet":
+        from .training.train_icnet import train_from_config as train_icnet
+
+        card = train_icnet(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
+                           device=args.device, num_workers=args.workers, progress=not args.quiet,
+                           resume=getattr(args, "resume", False))
+        print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
+        return 0
 
     if read_json_config(args.config).get("method") == "cmssa":
         from .training.train_cmssa import train_from_config
 
         card = train_from_config(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
-                                 device=args.device, num_workers=args.workers, progress=not args.quiet)
-        print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
+                                 device=args.device, num_workers=args.workers, progress=not args.quiet,
+                                 resume=args.resume)
+        if _main_rank():
+            print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
         return 0
 
     result = train(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
                    verify=args.verify, device=args.device, num_workers=args.workers, progress=not args.quiet)
+    if not _main_rank():  # under torchrun only rank 0 reports
+        return 0 if not args.verify or result["reproduced"] else 1
     if args.verify:
         print(json.dumps(result, indent=2))
         return 0 if result["reproduced"] else 1
