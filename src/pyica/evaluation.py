@@ -45,6 +45,9 @@ class EvaluationResult:
     #: (pred, target, categories) of the first split's test part, for a scatter plot
     first_split_predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    #: split name -> predictions on that split's test part (in ``split.test`` order; ``"all"`` for a
+    #: cross-dataset run), so callers can compute other metrics (e.g. after a fitted mapping) without refitting
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def predict_dataset(model, ds: ComplexityDataset, *, batch_size=32, num_workers=None, precision="fp32",
@@ -139,7 +142,7 @@ def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None
                            per_category_scale=test_ds.per_category_scale, model=model_name,
                            dataset=f"{ds.name}->{test_ds.name}", protocol="cross", split="all")
         stamp_rows(rows, time.perf_counter() - t0, errors)
-        return EvaluationResult(rows, (pred, test_ds.scores, test_ds.categories), errors)
+        return EvaluationResult(rows, (pred, test_ds.scores, test_ds.categories), errors, {"all": pred})
 
     splits = make_splits(ds, protocol, n_splits, seed, test_fraction, val_fraction)
     if not trainable:
@@ -148,7 +151,9 @@ def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None
         rows = split_rows(pred_all, ds, splits, model=model_name, protocol=protocol, fit=fit)
         stamp_rows(rows, time.perf_counter() - t0, errors)
         first_test = splits[0].test
-        return EvaluationResult(rows, (pred_all[first_test], ds.scores[first_test], ds.categories[first_test]), errors)
+        return EvaluationResult(rows, (pred_all[first_test], ds.scores[first_test], ds.categories[first_test]), errors,
+                                {split.name: pred_all[split.test] for split in splits})
+    predictions: dict[str, np.ndarray] = {}
     for split in splits:
         t0 = time.perf_counter()
         model.fit_dataset(ds.subset(split.train), ds.subset(split.val) if len(split.val) else None)
@@ -160,9 +165,10 @@ def run_protocol(model_name: str, dataset: str | ComplexityDataset, *, root=None
                                    protocol=protocol, split=split.name)
         stamp_rows(split_result, time.perf_counter() - t0, split_errors)
         rows.extend(split_result)
+        predictions[split.name] = pred
         if first is None:
             first = (pred, test.scores, test.categories)
-    return EvaluationResult(rows, first, errors)
+    return EvaluationResult(rows, first, errors, predictions)
 
 
 def stamp_rows(rows: list[dict], seconds: float, errors: dict) -> None:

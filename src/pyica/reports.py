@@ -145,11 +145,12 @@ def _as_float(value) -> float:
 
 
 def summarise(rows: Iterable[dict], by: Sequence[str] = ("model", "dataset", "protocol", "category"),
-              ddof: int = 1) -> list[dict]:
+              ddof: int = 1, extra_metrics: Sequence[str] = ()) -> list[dict]:
     """Mean and standard deviation of every metric over the rows (splits) that share the ``by`` columns.
 
     Representation: one row per group, in first-seen order, with the ``by`` columns, ``n_splits``
-    (rows in the group), then ``<column>_mean`` and ``<column>_std`` for ``n`` and each metric, and
+    (rows in the group), then ``<column>_mean`` and ``<column>_std`` for ``n``, each metric and each
+    of ``extra_metrics`` (further numeric columns, e.g. ``rmse_logistic4``), and
     ``fit`` (its distinct values joined by ``"|"``). The std uses ``ddof`` (default 1: the sample
     std over splits, NaN for a single split). A NaN metric in any split makes that group's mean and
     std NaN. Values may be numbers or numeric text (rows read straight from a CSV).
@@ -157,7 +158,8 @@ def summarise(rows: Iterable[dict], by: Sequence[str] = ("model", "dataset", "pr
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(column, "") for column in by), []).append(row)
-    numeric = [c for c in ("n", *METRIC_NAMES) if any(c in row for members in groups.values() for row in members)]
+    numeric = [c for c in dict.fromkeys(("n", *METRIC_NAMES, *extra_metrics))
+               if any(c in row for members in groups.values() for row in members)]
     summary = []
     for key, members in groups.items():
         out = dict(zip(by, key))
