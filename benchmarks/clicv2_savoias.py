@@ -458,10 +458,11 @@ def readme_text(rows: list[dict], pngs: list[Path], args, machine: str) -> str:
             except ValueError:
                 rel = png
             lines.append(f"![t-SNE {png.stem}]({rel.as_posix()})")
-    lines += ["", f"Reproduce: `{args.command}` (pretraining {args.minutes} min, ablations "
-                  f"{f'{args.ablation_steps} steps' if args.ablation_steps else f'{args.ablation_minutes} min'} each, key momentum {args.momentum}, probe lr chosen on validation "
-                  f"from {', '.join(f'{v:g}' for v in args.probe_lrs) or f'{args.probe_lr:g}'}, ICNet head "
-                  f"{args.icnet_width} ch / {args.icnet_map_size} px map)."]
+    commands = list(dict.fromkeys(r.get("command") or "" for r in rows)) if rows else [args.command]
+    lines += ["", "Reproduce (the commands that produced these rows): "
+              + "; ".join(f"`{c}`" for c in commands if c) + f". Key momentum {args.momentum}, probe lr chosen on "
+              f"validation from {', '.join(f'{v:g}' for v in args.probe_lrs) or f'{args.probe_lr:g}'}, ICNet head "
+              f"{args.icnet_width} ch / {args.icnet_map_size} px map."]
     return "\n".join(lines)
 
 
@@ -490,7 +491,7 @@ def main(argv=None) -> None:
         row = {"table": table, "setting": setting, "encoder": encoder_label, "head": kind, **base,
                "pretrain_minutes": pre.get("minutes", 0.0), "pretrain_steps": pre.get("steps", 0),
                "pretrain_epochs": round(pre.get("epochs", 0.0), 2), "pretrain_final_loss": pre.get("final_loss"),
-               **probe_row}
+               **probe_row, "command": args.command}
         rows_now.append(row)
         print(format_table([{k: row[k] for k in ("table", "setting", "encoder", "head", "category_mean_srcc_mean",
                                                   "pooled_srcc_mean", "split0_category_mean_srcc", "pcc_var_mean")}]),

@@ -239,6 +239,11 @@ def _wait(procs: list[subprocess.Popen]) -> None:
     assert all(p.returncode == 0 for p in procs), "\n\n".join(logs[-1:] + logs[:1])
 
 
+def _max_diff(a: dict, b: dict) -> float:
+    """Largest absolute difference over the tensors of ``a`` (printed with -s: the measured agreement)."""
+    return max(float((torch.as_tensor(b[k]).double() - torch.as_tensor(a[k]).double()).abs().max()) for k in a)
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     procs = _launch("probe_ridge", tmp_path)  # they write tmp_path/two.pt and tmp_path/out_two/ (rank 0)
     try:  # meanwhile, the same tasks in this process alone, on inputs of its own
@@ -255,12 +260,16 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         np.testing.assert_allclose(b["losses"], a["losses"], atol=PROBE_ATOL, rtol=0)
         torch.testing.assert_close(b["scores"], a["scores"], atol=PROBE_ATOL, rtol=0)
         assert a["best_epoch"] == b["best_epoch"]
+        print(f"\n{kind} probe, 2 processes vs 1: max |diff| parameters {_max_diff(a['state'], b['state']):.2e}, "
+              f"scores {_max_diff({'s': a['scores']}, {'s': b['scores']}):.2e} (allowed {PROBE_ATOL:g})")
 
     a, b = one["ridge"], two["ridge"]
     torch.testing.assert_close(b["features"], a["features"], rtol=FEATURE_RTOL, atol=1e-6)
     assert a["alpha"] == b["alpha"]
     for name in a["head"]:
         torch.testing.assert_close(b["head"][name], a["head"][name], rtol=FEATURE_RTOL, atol=1e-6, msg=name)
+    print(f"\ndefault model (features + ridge), 2 processes vs 1: max |diff| features "
+          f"{_max_diff({'f': a['features']}, {'f': b['features']}):.2e}, head {_max_diff(a['head'], b['head']):.2e}")
     for scope in a["metrics"]:  # rounded to 4 places; NaN where a test part is too small for a correlation
         for key in ("srcc_mean", "plcc_mean"):
             np.testing.assert_allclose(b["metrics"][scope][key], a["metrics"][scope][key], atol=1e-3, equal_nan=True)
@@ -281,6 +290,9 @@ def test_two_processes_train_cmssa_like_one_process(tmp_path):
             torch.testing.assert_close(two["state"][name], one["state"][name], atol=CMSSA_ATOL, rtol=0, msg=name)
     torch.testing.assert_close(two["scores"], one["scores"], atol=CMSSA_ATOL, rtol=0)
     np.testing.assert_allclose(two["history"], one["history"], atol=CMSSA_ATOL, rtol=0)
+    floats = {k: v for k, v in one["state"].items() if v.is_floating_point()}
+    print(f"\nCM-SSA, 2 processes vs 1: max |diff| parameters {_max_diff(floats, two['state']):.2e}, "
+          f"scores {_max_diff({'s': one['scores']}, {'s': two['scores']}):.2e} (allowed {CMSSA_ATOL:g})")
 
 
 def _worker(task: str, tmp: Path) -> None:
