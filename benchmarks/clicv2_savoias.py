@@ -116,6 +116,8 @@ ABLATIONS = {
 }
 PROTOCOL = dict(protocol="random", seed=0, test_fraction=0.2, val_fraction=0.1)
 MODEL_NAME = "clicv2_probe.vit_tiny"
+#: linear: MAE's probe on the cls token; linear_mean: on the mean patch token; icnet: CLIC's ICNet_ft head
+HEADS = ("linear", "linear_mean", "icnet")
 
 
 def parse_args(argv=None):
@@ -160,7 +162,9 @@ def parse_args(argv=None):
                                                         "is in --cache-dir")
     g = p.add_argument_group("probing")
     g.add_argument("--splits", type=int, default=10, help="random 8:2 splits of the main probes (default 10)")
-    g.add_argument("--heads", default="linear,icnet", help="heads probed on the main and random encoders")
+    g.add_argument("--heads", default="linear,linear_mean,icnet",
+                   help="heads probed on the main and random encoders: linear (cls token), linear_mean (mean patch "
+                        "token: what patch-wise InfoNCE and MEM train), icnet (default: all three)")
     g.add_argument("--probe-epochs", type=int, default=30, help="probe epochs (paper: 30)")
     g.add_argument("--probe-lr", type=float, default=1e-3, help="probe SGD lr when --probe-lrs is empty (paper: 1e-3)")
     g.add_argument("--probe-lrs", default="0.001,0.01,0.1",
@@ -182,7 +186,8 @@ def parse_args(argv=None):
                    help="give every ablation exactly this many pretraining steps instead of --ablation-minutes (the "
                         "same budget for all, whatever else the machine is doing)")
     g.add_argument("--ablation-splits", type=int, default=None, help="splits per ablation (default: --splits)")
-    g.add_argument("--ablation-heads", default="linear", help="heads probed per ablation (default: linear)")
+    g.add_argument("--ablation-heads", default="linear,linear_mean",
+                   help="heads probed per ablation (default: linear,linear_mean)")
     g = p.add_argument_group("machine")
     g.add_argument("--seed", type=int, default=0, help="pretraining seed and the random encoder's seed")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: spare cores)")
@@ -199,8 +204,8 @@ def parse_args(argv=None):
     args.ablation_heads = [h.strip() for h in args.ablation_heads.split(",") if h.strip()]
     args.ablations = [a.strip() for a in args.ablations.split(",") if a.strip()]
     for h in args.heads + args.ablation_heads:
-        if h not in ("linear", "icnet"):
-            p.error(f"unknown head {h!r} (linear, icnet)")
+        if h not in HEADS:
+            p.error(f"unknown head {h!r} ({', '.join(HEADS)})")
     for a in args.ablations:
         if a not in ABLATIONS:
             p.error(f"unknown ablation {a!r} ({', '.join(ABLATIONS)})")
@@ -314,6 +319,8 @@ def pretrain_encoder(slug: str, changes: dict, minutes: float, source: Path, exc
 def head_options(kind: str, args) -> dict:
     if kind == "linear":
         return {}
+    if kind == "linear_mean":
+        return {"pool": "mean"}
     return {"width": args.icnet_width, "map_size": args.icnet_map_size, "slam_size": args.icnet_slam_size,
             "slam_hidden": args.icnet_width, "score_hidden": args.icnet_width}
 
@@ -324,7 +331,8 @@ def probe_recipe(args) -> ProbeRecipe:
 
 
 def make_builder(encoder, info, kind: str, args):
-    return lambda: CLICv2Probe(encoder, build_head(kind, encoder.num_features, **head_options(kind, args)), info)
+    base_kind = "linear" if kind.startswith("linear") else kind
+    return lambda: CLICv2Probe(encoder, build_head(base_kind, encoder.num_features, **head_options(kind, args)), info)
 
 
 def probe(encoder, info, kind: str, ds, n_splits: int, cache: TokenCache, args) -> tuple[dict, ProbeTrainer]:

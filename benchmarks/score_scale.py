@@ -39,7 +39,7 @@ from common import REPO, RESULTS, machine_description  # noqa: E402
 from speed import make_images  # noqa: E402
 
 import pyica  # noqa: E402
-from pyica.reports import format_table, write_results_csv  # noqa: E402
+from pyica.reports import format_table, read_results_csv, write_results_csv  # noqa: E402
 
 COLUMNS = ["part", "model", "inputs", "run", "workers", "batch_size", "peak_rss_mib", "seconds",
            "e2e_images_per_s", "scoring_loop_images_per_s", "output_mib", "omp_num_threads", "machine", "pyica_version", "date"]
@@ -160,7 +160,9 @@ def main(argv=None) -> None:
     if args.throughput_images:
         rows += throughput_rows(args, common)
     print("\n" + format_table(rows, columns=COLUMNS[:11], floatfmt=".2f"))
-    write_results_csv([{c: r[c] for c in COLUMNS} for r in rows], args.out)
+    rerun = {r["part"] for r in rows}  # a part skipped this time keeps its earlier rows
+    kept = [r for r in (read_results_csv(args.out) if args.out.exists() else []) if r.get("part") not in rerun]
+    write_results_csv([{c: r.get(c, "") for c in COLUMNS} for r in kept + rows], args.out)
     print(f"\nwrote {args.out}")
 
 

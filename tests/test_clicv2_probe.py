@@ -180,6 +180,26 @@ def test_trainer_under_run_protocol(tmp_path, encoder):
     assert len(cache) == 8
 
 
+def test_linear_head_pools_cls_or_mean_patch_token(tmp_path, encoder):
+    tokens = torch.randn(6, 1 + 16, 32)
+    cls_head, mean_head = build_head("linear", 32), build_head("linear", 32, pool="mean")
+    mean_head.load_state_dict(cls_head.state_dict())
+    cls_head.eval(), mean_head.eval()
+    # the same weights read different features: the mean patch token equals a cls token set to it
+    swapped = tokens.clone()
+    swapped[:, 0] = tokens[:, 1:].mean(1)
+    torch.testing.assert_close(mean_head(tokens)[0], cls_head(swapped)[0])
+    with pytest.raises(ValueError, match="pool"):
+        build_head("linear", 32, pool="max")
+    # the pooling travels with the saved probe
+    ds = toy_dataset(tmp_path / "toy", n=8)
+    trainer = ProbeTrainer(lambda: CLICv2Probe(encoder[0], build_head("linear", 32, pool="mean"), encoder[1]),
+                           recipe(epochs=1))
+    trainer.fit_dataset(ds, None)
+    save_probe(trainer.model, tmp_path / "p.safetensors", {})
+    assert load_probe(tmp_path / "p.safetensors").head.pool == "mean"
+
+
 def test_lr_grid_keeps_the_lr_that_validates_best(tmp_path, encoder):
     ds = toy_dataset(tmp_path / "toy", n=24)
     train, val = ds.subset(np.arange(16)), ds.subset(np.arange(16, 24))

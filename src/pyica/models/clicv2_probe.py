@@ -38,7 +38,10 @@ layer (already LayerNorm-ed by the ViT's final norm) goes through ``BatchNorm1d(
 which standardises the features with batch statistics in training and running statistics at
 inference, and then through ``Linear(dim, 1)``, initialised trunc-normal with std 0.01 and a zero
 bias. No LayerNorm is added. A sigmoid maps the output to [0, 1], like ICNet's score. The loss is
-``MSE(score, y)``.
+``MSE(score, y)``. ``pool="mean"`` reads the mean of the patch tokens instead of the cls token (MAE's
+``global_pool`` option). Why offer it: CLICv2's patch-wise InfoNCE and MEM put only *patch* tokens in
+the loss, so the last layer's cls output is never trained directly; the image-wise InfoNCE of Table 4
+trains the cls token.
 
 :class:`CLICv2Probe` is a :class:`~pyica.models.base.ComplexityModel`:
 
@@ -94,6 +97,7 @@ __all__ = ["HEAD_KINDS", "ICNetHeadConfig", "SLAM", "ICNetProbeHead", "LinearPro
            "build_head", "load_encoder", "random_encoder", "encoder_fingerprint", "save_probe", "load_probe"]
 
 HEAD_KINDS = ("icnet", "linear")
+LINEAR_POOLS = ("cls", "mean")
 _FORMAT = "pyica.clicv2_probe/1"
 
 
@@ -165,39 +169,43 @@ class ICNetProbeHead(MapScoreHeads, nn.Module):
 
 
 class LinearProbeHead(nn.Module):
-    """MAE's linear probe on the cls token: ``sigmoid(Linear(BatchNorm1d(affine=False)(cls)))``.
+    """MAE's linear probe: ``sigmoid(Linear(BatchNorm1d(affine=False)(feature)))``, the feature being
+    the cls token (``pool="cls"``) or the mean of the patch tokens (``pool="mean"``).
 
     ``forward(tokens, grid)`` -> ``(score (B,), None)``.
     """
 
     kind = "linear"
 
-    def __init__(self, in_dim: int):
+    def __init__(self, in_dim: int, pool: str = "cls"):
         super().__init__()
-        self.in_dim = in_dim
+        if pool not in LINEAR_POOLS:
+            raise ValueError(f"pool must be one of {LINEAR_POOLS}, not {pool!r}")
+        self.in_dim, self.pool = in_dim, pool
         self.norm = nn.BatchNorm1d(in_dim, affine=False, eps=1e-6)
         self.linear = nn.Linear(in_dim, 1)
         nn.init.trunc_normal_(self.linear.weight, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
     def head_config(self) -> dict:
-        return {"kind": self.kind, "in_dim": self.in_dim}
+        return {"kind": self.kind, "in_dim": self.in_dim, **({"pool": self.pool} if self.pool != "cls" else {})}
 
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, None]:
-        return torch.sigmoid(self.linear(self.norm(tokens[:, 0]))).squeeze(-1), None
+        feature = tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(1)
+        return torch.sigmoid(self.linear(self.norm(feature))).squeeze(-1), None
 
     def loss(self, outputs: tuple[torch.Tensor, None], target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(outputs[0], target)
 
 
 def build_head(kind: str, in_dim: int, **config) -> nn.Module:
-    """``"icnet"`` (``config``: :class:`ICNetHeadConfig` fields) or ``"linear"``."""
+    """``"icnet"`` (``config``: :class:`ICNetHeadConfig` fields) or ``"linear"`` (``config``: ``pool``)."""
     if kind == "icnet":
         return ICNetProbeHead(in_dim, ICNetHeadConfig(**config))
     if kind == "linear":
-        if config:
-            raise ValueError(f"the linear head takes no options, got {sorted(config)}")
-        return LinearProbeHead(in_dim)
+        if set(config) - {"pool"}:
+            raise ValueError(f"the linear head takes only the option 'pool', got {sorted(config)}")
+        return LinearProbeHead(in_dim, **config)
     raise ValueError(f"head must be one of {HEAD_KINDS}, not {kind!r}")
 
 
