@@ -23,13 +23,7 @@ TINY = {"dim": 32, "depth": 2, "heads": 2}
 P, S = 8, 32  # patch and image size -> G = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by thread start-up; on a busy 2-core box two threads are 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**kwargs) -> CLICv2Config:

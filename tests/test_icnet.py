@@ -22,13 +22,7 @@ from pyica.models.resnet import ResNet18, load_resnet_weights, read_state_dict
 TINY = dict(input_size=64, width=8, fuse_channels=8, slam_hidden=16, score_hidden=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine intra-op threads only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_net(seed: int = 0, **kw) -> ICNet:

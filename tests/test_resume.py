@@ -19,12 +19,7 @@ class _Crash(Exception):
     pass
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def crash_after_saves(monkeypatch, n: int) -> list[dict]:

@@ -85,11 +85,25 @@ from ..scoring import iter_batches, progress_bar
 from . import distributed
 from .resume import FitCheckpoints, dataset_fingerprint, plain, rng_state, set_rng_state
 
-__all__ = ["ProbeRecipe", "TokenCache", "ProbeTrainer", "lr_factor"]
+__all__ = ["ProbeRecipe", "TokenCache", "ProbeTrainer", "lr_factor", "check_sgd_recipe"]
 
 log = logging.getLogger(__name__)
 
 SCHEDULES = ("step", "cosine")
+
+
+def check_sgd_recipe(r) -> None:
+    """Validate the SGD + ICNet-schedule fields a recipe shares with :class:`ProbeRecipe` (also ICNet's
+    trainer); normalises ``milestones`` to a tuple of floats."""
+    if r.schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, not {r.schedule!r}")
+    if r.epochs < 1 or r.batch_size < 2:
+        raise ValueError("epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
+    if r.lr <= 0 or r.weight_decay < 0 or not 0 <= r.momentum < 1:
+        raise ValueError("lr must be positive, weight_decay non-negative, momentum in [0, 1)")
+    if r.warmup_epochs < 0 or not 0 < r.gamma <= 1:
+        raise ValueError("warmup_epochs must be >= 0 and gamma in (0, 1]")
+    r.milestones = tuple(float(m) for m in r.milestones)
 
 
 @dataclass
@@ -118,15 +132,7 @@ class ProbeRecipe:
     extra: dict = field(default_factory=dict)  # free-form notes recorded with the recipe
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("lr must be positive, weight_decay non-negative, momentum in [0, 1)")
-        if self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
-            raise ValueError("warmup_epochs must be >= 0 and gamma in (0, 1]")
-        self.milestones = tuple(float(m) for m in self.milestones)
+        check_sgd_recipe(self)
         self.lr_grid = tuple(float(v) for v in self.lr_grid)
         if any(v <= 0 for v in self.lr_grid):
             raise ValueError(f"lr_grid values must be positive, not {self.lr_grid}")

@@ -59,7 +59,7 @@ from ..models.icnet import ICNet, ICNetConfig, ICNetModel
 from ..models.ridge import selection_score
 from ..runtime import resolve_device
 from ..scoring import iter_batches, progress_bar
-from .probe import SCHEDULES, lr_factor
+from .probe import check_sgd_recipe, lr_factor
 from .resume import FitCheckpoints, dataset_fingerprint
 
 __all__ = ["ICNetRecipe", "ICNetTrainer", "train_from_config"]
@@ -89,15 +89,7 @@ class ICNetRecipe:
     cache_images: bool = True
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2 (BatchNorm needs two samples)")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("lr must be positive, weight_decay non-negative, momentum in [0, 1)")
-        if self.warmup_epochs < 0 or not 0 < self.gamma <= 1:
-            raise ValueError("warmup_epochs must be >= 0 and gamma in (0, 1]")
-        self.milestones = tuple(float(m) for m in self.milestones)
+        check_sgd_recipe(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
