@@ -296,13 +296,13 @@ def cmd_score(args) -> int:
     import torch
 
     from .registry import create_model, model_info
-    from .scoring import _expand_input, check_inputs, iter_image_paths, rank_output_path, score_paths, torchrun_env
+    from .scoring import check_inputs, expand_input, iter_image_paths, rank_output_path, score_paths, torchrun_env
     from .writers import ScoreWriter, write_json_atomic
 
     if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
         raise ValueError(f"--map-patch and --map-stride must be in (0, 1], got {args.map_patch} and {args.map_stride}")
     check_inputs(args.inputs)
-    if args.maps and any(p.lower().endswith(".tar") for item in args.inputs for p in _expand_input(item)):
+    if args.maps and any(p.lower().endswith(".tar") for item in args.inputs for p in expand_input(item)):
         raise ValueError("--maps cannot read images inside .tar shards; extract them or score without --maps")
     rank, world, local_rank, local_world = torchrun_env()
     shard_i, shard_n = args.shard or (0, 1)
@@ -470,7 +470,7 @@ def cmd_train(args) -> int:
 
         card = train_icnet(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
                            device=args.device, num_workers=args.workers, progress=not args.quiet,
-                           resume=getattr(args, "resume", False))
+                           resume=args.resume)
         print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
         return 0
 

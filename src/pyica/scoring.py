@@ -32,7 +32,7 @@ from .loading import ImageLoadError, image_extensions, load_image
 from .runtime import default_num_workers
 
 __all__ = ["ScoreRecord", "TarMember", "iter_image_paths", "iter_batches", "score_paths", "progress_bar", "PRECISIONS",
-           "parse_shard", "torchrun_env", "rank_output_path"]
+           "parse_shard", "torchrun_env", "rank_output_path", "expand_input", "check_inputs"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -91,7 +91,7 @@ class TarMember(str):
         return TarMember, (self.shard, str(self)[len(self.shard) + 1:], self.offset, self.size)
 
 
-def _expand_input(item: str) -> list[str]:
+def expand_input(item: str) -> list[str]:
     """One command-line input with brace patterns (``x-{000..009}.tar``, ``{a,b}``) and globs expanded;
     an input that exists as written is taken literally."""
     if os.path.exists(item):
@@ -120,7 +120,7 @@ def check_inputs(inputs: Iterable[str | os.PathLike]) -> None:
     """Fail early, before any scoring, on what :func:`iter_image_paths` would stop at midway: a glob that
     matches nothing, a CSV manifest without a path column (only the arguments and manifest headers are read)."""
     for raw in inputs:
-        for item in _expand_input(os.fspath(raw)):
+        for item in expand_input(os.fspath(raw)):
             path = Path(item)
             if path.suffix.lower() == ".csv" and path.is_file():
                 with open(path, newline="", encoding="utf-8-sig") as f:
@@ -141,7 +141,7 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike], recursive: bool = True
     """
     extensions = image_extensions()
     for raw in inputs:
-        for item in _expand_input(os.fspath(raw)):
+        for item in expand_input(os.fspath(raw)):
             path = Path(item)
             if path.is_dir():
                 yield from _walk_folder(path, extensions, recursive)
