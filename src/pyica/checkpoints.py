@@ -15,7 +15,7 @@ import torch
 
 from .writers import replace_atomically
 
-__all__ = ["sha256_file", "save_tensors", "load_tensors"]
+__all__ = ["sha256_file", "save_tensors", "load_tensors", "load_card_tensors"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -50,3 +50,12 @@ def load_tensors(path: str | os.PathLike, sha256: str | None = None) -> dict[str
                              "the file is damaged or not the one the card describes")
     return load_file(str(path))
 
+
+
+def load_card_tensors(path: str | os.PathLike, card: dict, card_file: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked against the sha256 its card (read from ``card_file``) records under
+    ``weights.sha256``; a card that records none is refused rather than trusted."""
+    sha = card.get("weights", {}).get("sha256")
+    if not sha:
+        raise ValueError(f"{card_file}: records no sha256 for {Path(path).name}")
+    return load_tensors(path, sha)

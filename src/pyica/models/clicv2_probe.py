@@ -309,7 +309,7 @@ def random_encoder(config: ViTConfig, seed: int = 0, arch: str | None = None) ->
 def load_encoder(path: str | Path) -> tuple[ViT, dict]:
     """The query encoder `pyica pretrain` wrote. ``path`` is ``encoder.safetensors`` or its run folder;
     the card ``encoder.json`` beside it gives the config and the sha256, which is checked."""
-    from ..checkpoints import load_tensors
+    from ..checkpoints import load_card_tensors
     from .clicv2 import CLICv2Config
 
     path = Path(path)
@@ -321,14 +321,11 @@ def load_encoder(path: str | Path) -> tuple[ViT, dict]:
     card = json.loads(card_file.read_text(encoding="utf-8"))
     if card.get("method") != "clicv2":
         raise ValueError(f"{card_file}: not a CLICv2 encoder card (method {card.get('method')!r})")
-    sha = card.get("weights", {}).get("sha256")
-    if not sha:
-        raise ValueError(f"{card_file}: records no sha256 for {path.name}")
     config = CLICv2Config(**card["model"]).encoder_config()
     encoder = ViT(config)
-    encoder.load_state_dict(load_tensors(path, sha))
+    encoder.load_state_dict(load_card_tensors(path, card, card_file))
     training = card.get("training", {})
-    info = {"source": "clicv2 pretraining", "file": str(path), "sha256": sha, "arch": card["model"].get("arch"),
+    info = {"source": "clicv2 pretraining", "file": str(path), "sha256": card["weights"]["sha256"], "arch": card["model"].get("arch"),
             "pretrain_config": card["model"],
             "pretraining": {k: training.get(k) for k in ("steps", "total_steps", "epochs_done", "samples_seen",
                                                          "global_batch", "peak_lr", "final_loss", "final_parts",
@@ -365,7 +362,7 @@ def save_probe(model: CLICv2Probe, path: str | Path, card: dict | None = None) -
 
 def load_probe(path: str | Path) -> CLICv2Probe:
     """A probe written by :func:`save_probe`, sha256-checked and loaded strictly, in eval mode."""
-    from ..checkpoints import load_tensors
+    from ..checkpoints import load_card_tensors
 
     path = Path(path)
     card_file = path.with_suffix(".json")
@@ -374,10 +371,7 @@ def load_probe(path: str | Path) -> CLICv2Probe:
     card = json.loads(card_file.read_text(encoding="utf-8"))
     if card.get("format") != _FORMAT:
         raise ValueError(f"{card_file}: not a CLICv2 probe card (format {card.get('format')!r})")
-    sha = card.get("weights", {}).get("sha256")
-    if not sha:
-        raise ValueError(f"{card_file}: records no sha256 for {path.name}")
-    state = load_tensors(path, sha)
+    state = load_card_tensors(path, card, card_file)
     encoder_card = dict(card["encoder"])
     encoder = ViT(ViTConfig(**encoder_card.pop("config")))
     head_cfg = dict(card["head"])

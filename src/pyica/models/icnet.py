@@ -390,7 +390,7 @@ def load_icnet(path: str | Path, config: ICNetConfig | None = None) -> ICNetMode
     ``config`` applies to a checkpoint without a card only (default: the official :class:`ICNetConfig`);
     e.g. ``ICNetConfig(input_size=256)`` runs the official weights at 256 px (cheaper, not what they
     were trained at). A card's config is always the one used."""
-    from ..checkpoints import load_tensors, sha256_file
+    from ..checkpoints import load_card_tensors, sha256_file
 
     path = Path(path)
     card_file = path.with_suffix(".json")
@@ -398,10 +398,7 @@ def load_icnet(path: str | Path, config: ICNetConfig | None = None) -> ICNetMode
         card = json.loads(card_file.read_text(encoding="utf-8"))
         if card.get("format") != _FORMAT:
             raise ValueError(f"{card_file}: not an ICNet card (format {card.get('format')!r})")
-        sha = card.get("weights", {}).get("sha256")
-        if not sha:
-            raise ValueError(f"{card_file}: records no sha256 for {path.name}")
-        state = load_tensors(path, sha)
+        state = load_card_tensors(path, card, card_file)
         net = ICNet(ICNetConfig(**card["architecture"]["config"]))
     else:
         state = read_state_dict(path)

@@ -134,12 +134,8 @@ def _train(config_path, *, root, output_dir, evaluate, verify, device, num_worke
 
     evaluation = None
     if evaluate and config["evaluation"] and not verify:
-        ev = config["evaluation"]
-        log.info("evaluating the recipe: %s", ev)
-        result = run_protocol(name, ds, model=model, protocol=ev["protocol"], n_splits=ev["n_splits"],
-                              seed=ev["seed"], test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
-                              num_workers=num_workers, progress=progress)
-        evaluation = {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
+        log.info("evaluating the recipe: %s", config["evaluation"])
+        evaluation = evaluate_recipe(name, ds, model, config["evaluation"], num_workers=num_workers, progress=progress)
 
     log.info("fitting on all %d images of %s", len(ds), ds.name)
     fit = model.fit_dataset(ds, None, num_workers=num_workers, progress=progress)
@@ -153,6 +149,15 @@ def _train(config_path, *, root, output_dir, evaluate, verify, device, num_worke
     card = _card(name, entry.description, model, ds, root, config, fit, evaluation, weights_file, sha, tensors)
     write_json_atomic(weights_file.with_suffix(".json"), card)
     return card
+
+
+def evaluate_recipe(name: str, ds, trainer, ev: dict, *, num_workers=None, progress: bool = False) -> dict:
+    """Run a config's ``evaluation`` block (protocol, splits, seed, fractions) with ``trainer`` refitted per
+    split; the card's ``evaluation`` entry. Shared by every trainer behind `pyica train`."""
+    result = run_protocol(name, ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"], seed=ev["seed"],
+                          test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
+                          num_workers=num_workers, progress=progress)
+    return {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
 
 
 def headline_metrics(rows: list[dict]) -> dict[str, dict[str, float]]:

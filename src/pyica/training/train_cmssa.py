@@ -565,10 +565,9 @@ def _train_from_config(config_path, dist: distributed.Distributed, *, root, outp
                        num_workers, progress, resume) -> dict:
     from ..data import load_dataset
     from ..data.splits import carve_validation
-    from ..evaluation import run_protocol
     from ..models.cmssa import CMSSAConfig, build_encoders, save_cmssa
     from ..version import __version__
-    from .fit_head import headline_metrics, load_config
+    from .fit_head import evaluate_recipe, load_config
 
     config = load_config(config_path)
     ds = load_dataset(config["dataset"], root=root or config.get("root"))
@@ -599,11 +598,8 @@ def _train_from_config(config_path, dist: distributed.Distributed, *, root, outp
                            resume=resume)
     evaluation = None
     if evaluate and config.get("evaluation"):
-        ev = config["evaluation"]
-        result = run_protocol(config["model"], ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"],
-                              seed=ev["seed"], test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
-                              num_workers=num_workers, progress=progress and dist.main)
-        evaluation = {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
+        evaluation = evaluate_recipe(config["model"], ds, trainer, config["evaluation"], num_workers=num_workers,
+                                     progress=progress and dist.main)
     everything = np.arange(len(ds))
     val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
     train_idx, val_idx = carve_validation(ds, everything, val_fraction, seed=recipe.seed)

@@ -322,11 +322,10 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
     from ..checkpoints import sha256_file
     from ..data import load_dataset
     from ..data.splits import carve_validation
-    from ..evaluation import run_protocol
     from ..models.icnet import save_icnet
     from ..models.resnet import read_state_dict
     from ..version import __version__
-    from .fit_head import headline_metrics, load_config
+    from .fit_head import evaluate_recipe, load_config
 
     config = load_config(config_path)
     root = root or config.get("root")
@@ -357,11 +356,8 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
                            progress=progress)
     evaluation = None
     if evaluate and config.get("evaluation"):
-        ev = config["evaluation"]
-        result = run_protocol(config["model"], ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"],
-                              seed=ev["seed"], test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
-                              num_workers=num_workers, progress=progress)
-        evaluation = {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
+        evaluation = evaluate_recipe(config["model"], ds, trainer, config["evaluation"], num_workers=num_workers,
+                                     progress=progress)
     val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
     train_idx, val_idx = carve_validation(ds, np.arange(len(ds)), val_fraction, seed=recipe.seed)
     fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
