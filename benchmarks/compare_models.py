@@ -40,9 +40,11 @@ Runtime on the 2-core CPU with the caches above in /tmp (they are when the other
 about 15-30 min, nearly all of it the 17 CM-SSA fits (10 random splits + 7 held-out categories, ~20
 epochs of 1.4-4 s each); classic measures and both EfficientNet presets take seconds (cold caches:
 about 1 min to score the classic measures and 3.5 min to extract the features, once); each model's
-cost timing a few seconds. ``--include-slow`` adds ICNet: about 4.5 h per fit at 256 px, so about 36 h
-for 1 random split (``--slow-splits``) plus the 7 held-out categories (``--protocols random`` skips
-those); its per-fit checkpoints in ``--work-dir`` let an interrupted run resume.
+cost timing a few seconds. ``--include-slow`` adds ICNet trained with ``--icnet-config`` (default the
+CPU config: 128 px, 12 epochs, about 30 min per fit here) on ``--slow-splits`` random splits and, unless
+``--slow-protocols random``, the 7 held-out categories; its per-fit checkpoints in ``--work-dir`` let an
+interrupted run resume, and a fit that ``pyica train`` already made with the same config, data and
+seed is reused when its checkpoint folder is ``--work-dir``/icnet-checkpoints (``keep_checkpoints``).
 
     python benchmarks/compare_models.py                                  # every model, 10 splits + loco
     python benchmarks/compare_models.py -m 'effnet*' entropy --no-readme
@@ -101,10 +103,13 @@ def parse_args(argv=None):
                    help="take these models' Table 1 rows from the benchmark CSV that measured them instead of running "
                         "them (cmssa_offline.lite2_minilm: cmssa_savoias.csv, about 58 min to rerun on 10 splits)")
     g.add_argument("--include-slow", action="store_true",
-                   help="also train ICNet (icnet.savoias) on every split with --icnet-config: about 4.5 h per split "
-                        "on a 2-core CPU at 256 px; without it ICNet is 'not run' unless --icnet-weights is given")
+                   help="also train ICNet (icnet.savoias) on every split with --icnet-config: about 30 min per split "
+                        "on a 2-core CPU at 128 px; without it ICNet is 'not run' unless --icnet-weights is given")
     g.add_argument("--slow-splits", type=int, default=1,
-                   help="random splits for --include-slow models (default 1; loco always trains 7 times)")
+                   help="random splits for --include-slow models (default 1)")
+    g.add_argument("--slow-protocols", nargs="+", choices=PROTOCOLS, default=list(PROTOCOLS),
+                   help="protocols for --include-slow models (default both; loco trains 7 times); the others get a "
+                        "'not run' row")
     g.add_argument("--icnet-config", type=Path, default=ICNET_CPU_CONFIG,
                    help="ICNet training config for --include-slow (its 'icnet' and 'recipe'; default: the CPU config)")
     g.add_argument("--icnet-weights", type=Path, default=None,
@@ -114,8 +119,9 @@ def parse_args(argv=None):
     g.add_argument("--clicv2-encoder", type=Path, default=None,
                    help="a CLICv2 encoder from `pyica pretrain` (encoder.safetensors or its run folder): probe it on "
                         "every split (clicv2_savoias.py's probe recipe) instead of reading clicv2_savoias.csv")
-    g.add_argument("--clicv2-heads", nargs="+", choices=("linear", "icnet"), default=["linear"],
-                   help="probe heads for --clicv2-encoder (default linear)")
+    g.add_argument("--clicv2-heads", nargs="+", choices=("linear_mean", "linear", "icnet"), default=["linear_mean"],
+                   help="probe heads for --clicv2-encoder: linear_mean (linear on the mean patch token, the default), "
+                        "linear (on the cls token, MAE's probe), icnet (CLIC's ICNet-style head, about 3.5 min a split)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="savoias",
                    help="dataset name or manifest (default savoias); Table 2 needs at least 2 categories")
@@ -161,6 +167,7 @@ class Plan:
     cost_model: Callable[[], Any] | None = None  # the architecture whose cost is measured
     csv_rows: list[dict] = field(default_factory=list)  # "csv": aggregate rows already made
     splits: int | None = None  # random splits for this plan (default --splits)
+    protocols: tuple[str, ...] | None = None  # protocols this plan runs (default --protocols); others are 'not run'
     cache: Callable[..., Any] | None = None  # fixed: (ctx) -> cached scores or None; trainer: (ctx, model) fills caches
 
 
@@ -390,15 +397,31 @@ def icnet_plan(name: str, args) -> Plan:
         recipe = ICNetRecipe(**{**config.get("recipe", {}), "device": args.device,
                                 **({"num_workers": args.workers} if args.workers is not None else {})})
 
+        backbone = None
+        if config.get("pretrained_backbone"):  # as pyica train: both branches start from these weights
+            from pyica.models.resnet import read_state_dict
+
+            backbone_file = (Path(args.icnet_config).parent / config["pretrained_backbone"]).resolve()
+            backbone = read_state_dict(backbone_file)
+
+        def network() -> ICNetModel:
+            net = ICNet(net_config)
+            if backbone is not None:
+                net.load_backbone(backbone)
+            return ICNetModel(net)
+
         def build():
             torch.manual_seed(recipe.seed)
-            return ICNetTrainer(lambda: ICNetModel(ICNet(net_config)), recipe, name=name,
-                                checkpoint_dir=args.work_dir / "icnet-checkpoints", resume=True)
+            return ICNetTrainer(network, recipe, name=name, checkpoint_dir=args.work_dir / "icnet-checkpoints",
+                                resume=True)
 
-        return Plan(name, "trainer", variant=f"{net_config.input_size} px, {recipe.epochs} epochs, random init",
-                    build=build, cost_model=lambda: ICNetModel(ICNet(net_config)), splits=args.slow_splits)
+        init = (f"backbone {backbone_file.name}" if backbone is not None
+                else "random init: no ImageNet ResNet-18 exists offline")
+        return Plan(name, "trainer", variant=f"{net_config.input_size} px, {recipe.epochs} epochs, {init}",
+                    build=build, cost_model=lambda: ICNetModel(ICNet(net_config)), splits=args.slow_splits,
+                    protocols=tuple(args.slow_protocols))
     if name == "icnet.savoias":
-        reason = ("trains ICNet on every split, about 4.5 h per split on a 2-core CPU at 256 px: pass --include-slow "
+        reason = ("trains ICNet on every split, about 30 min per split on a 2-core CPU at 128 px: pass --include-slow "
                   "(or --icnet-weights)")
     else:
         reason = "needs IC9600-trained weights (the official ck.pth): pass --icnet-weights"
@@ -496,7 +519,7 @@ def evaluate_plan(plan: Plan, ctx: Context) -> tuple[list[dict], dict[str, float
         scoring = time.perf_counter() - t0
     elif plan.cache is not None:
         plan.cache(ctx, subject)
-    for protocol in args.protocols:
+    for protocol in plan_protocols(plan, args):
         n_splits = plan.splits or args.splits
         splits = make_splits(ds, protocol, n_splits, args.seed, 0.2, 0.1)
         t0 = time.perf_counter()
@@ -515,6 +538,11 @@ def evaluate_plan(plan: Plan, ctx: Context) -> tuple[list[dict], dict[str, float
                 row["category"] = row["split"].removeprefix("loco_")
         rows += new
     return rows, seconds, subject
+
+
+def plan_protocols(plan: Plan, args) -> list[str]:
+    """The protocols of ``--protocols`` that ``plan`` runs."""
+    return [p for p in args.protocols if plan.protocols is None or p in plan.protocols]
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -689,6 +717,10 @@ def main(argv=None) -> None:
                     row.update(variant=plan.variant, source=source)
                 new_splits += rows
                 summary = aggregate(rows)
+                summary += [{"model": name, "variant": plan.variant, "dataset": ds.name, "protocol": protocol,
+                             "category": CATEGORY_MEAN, "n_splits": 0,
+                             "source": f"not run: {protocol} not in --slow-protocols (each fit is slow here)"}
+                            for protocol in args.protocols if protocol not in plan_protocols(plan, args)]
             elif plan.how == "csv":
                 summary = [dict(r) for r in plan.csv_rows]
                 if "loco" in args.protocols:

@@ -124,3 +124,37 @@ def test_compare_writes_tidy_csv_and_readme_tables(two_category_dataset, tmp_pat
         rows = list(csv.DictReader(f))
     assert {(r["model"], r["protocol"]) for r in rows} == {("spatial_information", "random"),
                                                            ("spatial_information", "loco"), ("entropy", "random")}
+
+
+@pytest.mark.filterwarnings("ignore:srcc:UserWarning")  # a 4-image validation part cannot rank every category
+def test_compare_trains_slow_model_only_under_slow_protocols(two_category_dataset, tmp_path, monkeypatch):
+    """--include-slow trains ICNet per split (a 32-px, 1-epoch config here); --slow-protocols random leaves its
+    loco row 'not run' with the reason, while a fast model still runs both protocols."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import json
+
+    import compare_models
+
+    config = tmp_path / "icnet_tiny.json"
+    config.write_text(json.dumps({"method": "icnet", "model": "icnet.savoias", "dataset": str(two_category_dataset),
+                                  "icnet": {"input_size": 32},
+                                  "recipe": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0}}))
+    out = tmp_path / "compare.csv"
+    compare_models.main(["-m", "icnet.savoias", "entropy", "--dataset", str(two_category_dataset), "--splits", "2",
+                         "--include-slow", "--slow-splits", "1", "--slow-protocols", "random",
+                         "--icnet-config", str(config), "--work-dir", str(tmp_path / "work"), "--workers", "0",
+                         "--cost-seconds", "0", "--out", str(out), "--splits-out", str(tmp_path / "splits.csv"),
+                         "--no-readme"])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    icnet = {(r["protocol"], r["category"]): r for r in rows if r["model"] == "icnet.savoias"}
+    assert icnet[("random", "category_mean")]["n_splits"] == "1"
+    assert icnet[("random", "category_mean")]["source"] == "run"
+    assert -1 <= float(icnet[("random", "category_mean")]["srcc_mean"]) <= 1
+    assert icnet[("random", "category_mean")]["variant"] .startswith("32 px, 1 epochs, random init")
+    assert icnet[("loco", "category_mean")]["n_splits"] == "0"
+    assert icnet[("loco", "category_mean")]["source"].startswith("not run: loco not in --slow-protocols")
+    assert not any(r["protocol"] == "loco" and r["category"] != "category_mean" for r in icnet.values())
+    assert float(icnet[("random", "category_mean")]["params"]) > 1e6  # two ResNet-18 branches
+    entropy = {(r["protocol"], r["category"]) for r in rows if r["model"] == "entropy"}
+    assert ("loco", "category_mean") in entropy and ("random", "category_mean") in entropy

@@ -51,8 +51,11 @@ Decisions where the reference is silent or where we differ (none changes what th
   ``b1_2`` = layer2, ``b2_1 .. b2_4`` likewise, SLAMs ``b1_1_slam`` .. ``b2_4_slam``,
   ``to_map_f_slam``, ``to_score_f_slam`` (each an MLP named ``linear``), ``up1``/``up2``
   (``conv``, ``bn``), ``to_map_f``/``to_score_f`` (``conv``, ``bn``), ``to_map.to_map.0`` and ``head.0``/
-  ``head.2``. It has not been checked against the real ``ck.pth`` (Google Drive only, not reachable
-  here); loading is strict, so a wrong name fails loudly instead of scoring with random tensors.
+  ``head.2``. A second copy (``MaxDietsch/complexity_analysis``, ``ICNet.py``) has the same module
+  names, and the official ``gene.py`` loads ``ck.pth`` with a strict ``load_state_dict`` into a bare
+  ``ICNet()`` (so no ``module.`` prefix). The real ``ck.pth`` is still unchecked (Google Drive only,
+  not reachable here); loading is strict, so a wrong name fails loudly instead of scoring with
+  random tensors.
 
 Model (:class:`ICNetModel`, a :class:`~pyica.models.base.ComplexityModel`)
 --------------------------------------------------------------------------
