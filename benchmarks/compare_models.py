@@ -239,8 +239,10 @@ def plans_for(name: str, args) -> list[Plan]:
                   "CLIP prompts enter every layer, so every training step runs the CLIP image encoder: a GPU's job")
         return [Plan(name, "skip", reason=reason)]
     if name == "clicv2_probe.vit_tiny":
-        if args.clicv2_encoder:
-            return [clicv2_plan(name, head, args) for head in args.clicv2_heads]
+        if args.clicv2_encoder:  # heads not probed here keep their rows from the CSV
+            kept = [plan for plan in clicv2_from_csv("not probed here: add its head to --clicv2-heads")
+                    if plan.how == "csv" and plan.variant.split(" head,")[0] not in args.clicv2_heads]
+            return [clicv2_plan(name, head, args) for head in args.clicv2_heads] + kept
         return CSV_READERS[name]("pass --clicv2-encoder to probe a pretrained encoder here")
     if name.startswith("icnet."):
         return [icnet_plan(name, args)]
