@@ -1,6 +1,7 @@
 """Complexity maps: patch grid, patch scoring, overlay, atomic writing and `pyica score --maps`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,26 @@ def test_cli_rejects_bad_map_fractions(tmp_path, capsys):
     assert main(["score", str(tmp_path / "a.png"), "--maps", str(tmp_path / "m"), "--map-patch", "0", "-q"]) == 1
     assert "--map-patch" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_maps_figure_lays_out_one_row_per_image_and_one_tile_per_model(tmp_path, capsys, monkeypatch):
+    """benchmarks/maps_figure.py: a photo tile then one overlay per model on each row; the printed line names
+    the score and map range of each image under each model."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import maps_figure
+
+    rng = np.random.default_rng(0)
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (96, 64), (120, 120, 120)).save(flat)
+    noisy = tmp_path / "noisy.png"
+    Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(noisy)
+    out = tmp_path / "sheet.png"
+    maps_figure.main(["-m", "entropy", "spatial_information", "--images", str(flat), str(noisy), "--tile", "64",
+                      "--out", str(out)])
+    sheet = Image.open(out)
+    gap = 4
+    assert sheet.size == (3 * 96 + 2 * gap, 2 * 64 + gap)  # tiles keep the 96 x 64 aspect at height 64
+    lines = [line for line in capsys.readouterr().out.splitlines() if " score " in line]
+    assert len(lines) == 4
+    scores = {(line.split()[0], line.split()[1]): float(line.split()[3]) for line in lines}
+    assert scores[("noisy", "entropy")] > scores[("flat", "entropy")]
