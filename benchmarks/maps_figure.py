@@ -1,4 +1,4 @@
-"""Complexity maps of a few example images from several models, side by side in one PNG.
+"""Complexity maps of a few example images from several models, side by side in one image (PNG or JPEG).
 
 Each row is an image: the photo, then one overlay per model (``pyica.maps.complexity_map`` and
 ``pyica.maps.overlay``, the code behind ``pyica score --maps``), captioned with the model's score of
@@ -34,8 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--images", nargs="+", default=None,
                    help="image files (default: scikit-image photos " + ", ".join(SKIMAGE_PHOTOS) + " and two examples)")
     p.add_argument("--tile", type=int, default=256, help="height of each tile in pixels (default 256)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "maps_examples.png",
-                   help="output PNG (default benchmarks/results/maps_examples.png)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "maps_examples.jpg",
+                   help="output image, PNG or JPEG by its suffix (default benchmarks/results/maps_examples.jpg)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
     return p.parse_args(argv)
 
@@ -96,7 +96,7 @@ def main(argv=None) -> None:
             sheet.paste(tile, (x, r * (args.tile + gap)))
             x += tile.width + gap
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(args.out)
+    sheet.save(args.out, **({"quality": 90} if args.out.suffix.lower() in (".jpg", ".jpeg") else {}))
     print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
 
 
