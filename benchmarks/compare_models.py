@@ -42,9 +42,10 @@ epochs of 1.4-4 s each); classic measures and both EfficientNet presets take sec
 about 1 min to score the classic measures and 3.5 min to extract the features, once); each model's
 cost timing a few seconds. ``--include-slow`` adds ICNet trained with ``--icnet-config`` (default the
 CPU config: 128 px, 12 epochs, about 30 min per fit here) on ``--slow-splits`` random splits and, unless
-``--slow-protocols random``, the 7 held-out categories; its per-fit checkpoints in ``--work-dir`` let an
-interrupted run resume, and a fit that ``pyica train`` already made with the same config, data and
-seed is reused when its checkpoint folder is ``--work-dir``/icnet-checkpoints (``keep_checkpoints``).
+``--slow-protocols random``, the 7 held-out categories; its per-fit checkpoints let an interrupted run
+resume. They go to the config's ``output_dir``/checkpoints when the config sets ``keep_checkpoints`` (so a
+fit that ``pyica train`` already made with the same config, data and seed is reused), else to
+``--work-dir``/icnet-checkpoints.
 
     python benchmarks/compare_models.py                                  # every model, 10 splits + loco
     python benchmarks/compare_models.py -m 'effnet*' entropy --no-readme
@@ -412,10 +413,14 @@ def icnet_plan(name: str, args) -> Plan:
                 net.load_backbone(backbone)
             return ICNetModel(net)
 
+        # a config that keeps its checkpoints shares pyica train's folder, so a fit it already made is reused
+        checkpoint_dir = (Path(config["output_dir"]) / "checkpoints"
+                          if config.get("keep_checkpoints") and config.get("output_dir")
+                          else args.work_dir / "icnet-checkpoints")
+
         def build():
             torch.manual_seed(recipe.seed)
-            return ICNetTrainer(network, recipe, name=name, checkpoint_dir=args.work_dir / "icnet-checkpoints",
-                                resume=True)
+            return ICNetTrainer(network, recipe, name=name, checkpoint_dir=checkpoint_dir, resume=True)
 
         init = (f"backbone {backbone_file.name}" if backbone is not None
                 else "random init: no ImageNet ResNet-18 exists offline")

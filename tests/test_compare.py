@@ -158,3 +158,40 @@ def test_compare_trains_slow_model_only_under_slow_protocols(two_category_datase
     assert float(icnet[("random", "category_mean")]["params"]) > 1e6  # two ResNet-18 branches
     entropy = {(r["protocol"], r["category"]) for r in rows if r["model"] == "entropy"}
     assert ("loco", "category_mean") in entropy and ("random", "category_mean") in entropy
+
+
+@pytest.mark.filterwarnings("ignore:srcc:UserWarning")
+def test_compare_reuses_fits_of_a_config_that_keeps_its_checkpoints(two_category_dataset, tmp_path, monkeypatch):
+    """With keep_checkpoints, --include-slow writes its ICNet fit where `pyica train` keeps its own
+    (output_dir/checkpoints), so the fit `pyica train` made is found there; a rerun trains nothing."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import json
+
+    import compare_models
+    from pyica.training import train_icnet
+
+    config = tmp_path / "icnet_tiny.json"
+    config.write_text(json.dumps({"method": "icnet", "model": "icnet.savoias", "dataset": str(two_category_dataset),
+                                  "icnet": {"input_size": 32}, "output_dir": "runs", "keep_checkpoints": True,
+                                  "recipe": {"epochs": 1, "batch_size": 8, "warmup_epochs": 0}}))
+    argv = ["-m", "icnet.savoias", "--dataset", str(two_category_dataset), "--splits", "1", "--include-slow",
+            "--slow-protocols", "random", "--icnet-config", str(config), "--work-dir", str(tmp_path / "work"),
+            "--workers", "0", "--cost-seconds", "0", "--out", str(tmp_path / "compare.csv"),
+            "--splits-out", str(tmp_path / "splits.csv"), "--no-readme"]
+    compare_models.main(argv)
+    fits = list((tmp_path / "runs" / "checkpoints").glob("fit-*.pt"))
+    assert len(fits) == 1 and not (tmp_path / "work" / "icnet-checkpoints").exists()
+    def metrics():
+        with open(tmp_path / "compare.csv", newline="") as f:
+            return [(r["protocol"], r["category"], r["srcc_mean"], r["plcc_mean"]) for r in csv.DictReader(f)]
+
+    first = metrics()
+    assert ("random", "category_mean") in {row[:2] for row in first}
+
+    epochs = []
+    original = train_icnet.ICNetTrainer._save_checkpoint
+    monkeypatch.setattr(train_icnet.ICNetTrainer, "_save_checkpoint",
+                        lambda self, key, state: (epochs.append(state["epoch"]), original(self, key, state)))
+    compare_models.main(argv)
+    assert epochs == []  # the finished fit was loaded, not trained again
+    assert metrics() == first
