@@ -308,6 +308,7 @@ def test_train_config_writes_weights_and_card_that_score_and_map(tmp_path):
 
 def test_fit_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
     from pyica.data.manifest import read_manifest
+    from pyica.training.resume import CheckpointFile
     from pyica.training.train_icnet import ICNetRecipe, ICNetTrainer
 
     ds = read_manifest(_toy_manifest(tmp_path / "data"))
@@ -323,17 +324,17 @@ def test_fit_resumes_from_its_checkpoint_exactly(tmp_path, monkeypatch):
     assert result["selected_on"] == "validation" and all(np.isfinite(r["val_srcc"]) for r in result["history"])
 
     stopped = ICNetTrainer(build, recipe, checkpoint_dir=tmp_path / "ck")
-    real_save = ICNetTrainer._save_checkpoint
+    real_save = CheckpointFile.save
 
-    def save_then_stop(self, key, state):
-        real_save(self, key, state)
+    def save_then_stop(self, state):
+        real_save(self, state)
         if state["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ICNetTrainer, "_save_checkpoint", save_then_stop)
+    monkeypatch.setattr(CheckpointFile, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         stopped.fit_dataset(train, val)
-    monkeypatch.setattr(ICNetTrainer, "_save_checkpoint", real_save)
+    monkeypatch.setattr(CheckpointFile, "save", real_save)
     resumed = ICNetTrainer(build, recipe, checkpoint_dir=tmp_path / "ck", resume=True)
     again = resumed.fit_dataset(train, val)
     assert again["resumed_after_epoch"] == 1 and again["best_epoch"] == result["best_epoch"]

@@ -35,6 +35,7 @@ from scipy import optimize, special, stats
 
 __all__ = [
     "METRIC_NAMES",
+    "selection_score",
     "MIN_PAIRS",
     "FittedMapping",
     "MetricWarning",
@@ -368,3 +369,21 @@ def evaluate(pred, target, categories=None, fit: str | None = None, *, fit_per_c
     result["category_mean"] = {m: float(np.mean(v)) if len(v) else float("nan") for m, v in per_metric.items()}
     result["category_var"] = {m: float(np.var(v)) if len(v) else float("nan") for m, v in per_metric.items()}
     return result
+
+
+def selection_score(pred: np.ndarray, targets: np.ndarray, categories: np.ndarray | None = None) -> float:
+    """What every trainer selects by (ridge ``alpha``, epochs, a probe's lr): the mean within-category
+    SRCC when there are categories, else the SRCC.
+
+    Within-category because on SAVOIAS scores are only comparable inside a category. Pairs with a
+    non-finite prediction or target (an image that failed to load) are left out.
+    """
+    pred, targets = np.asarray(pred, np.float64), np.asarray(targets, np.float64)
+    ok = np.isfinite(pred) & np.isfinite(targets)
+    pred, targets = pred[ok], targets[ok]
+    if categories is not None:
+        categories = np.asarray(categories, dtype=str)[ok]
+        names = [c for c in np.unique(categories) if c != ""]
+        if len(names) > 1:
+            return float(np.mean([srcc(pred[categories == c], targets[categories == c]) for c in names]))
+    return srcc(pred, targets)

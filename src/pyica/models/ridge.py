@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import srcc
+from ..metrics import selection_score
 
-__all__ = ["ALPHAS", "RidgeHead", "ridge_path", "leave_one_out_path", "select_alpha", "selection_score"]
+__all__ = ["ALPHAS", "RidgeHead", "ridge_path", "leave_one_out_path", "select_alpha"]
 
 #: Regularisation strengths searched (on standardised features): 10^-1 ... 10^5, half-decade steps.
 ALPHAS: tuple[float, ...] = tuple(float(10.0 ** (k / 2)) for k in range(-2, 11))
@@ -83,24 +83,6 @@ def leave_one_out_path(features: np.ndarray, targets: np.ndarray, alphas=ALPHAS)
         hat_diag = 1.0 / n + np.einsum("ij,j,ij->i", u, shrink, u)
         out[:, j] = y - (centred - fitted) / (1.0 - hat_diag)
     return out
-
-
-def selection_score(pred: np.ndarray, targets: np.ndarray, categories: np.ndarray | None = None) -> float:
-    """What ``alpha`` is chosen by: mean within-category SRCC when there are categories, else SRCC.
-
-    Within-category because on SAVOIAS scores are only comparable inside a category. Pairs with a
-    non-finite prediction or target (an image that failed to load) are left out. Also what the
-    CM-SSA and probe trainers choose their epoch by.
-    """
-    pred, targets = np.asarray(pred, np.float64), np.asarray(targets, np.float64)
-    ok = np.isfinite(pred) & np.isfinite(targets)
-    pred, targets = pred[ok], targets[ok]
-    if categories is not None:
-        categories = np.asarray(categories, dtype=str)[ok]
-        names = [c for c in np.unique(categories) if c != ""]
-        if len(names) > 1:
-            return float(np.mean([srcc(pred[categories == c], targets[categories == c]) for c in names]))
-    return srcc(pred, targets)
 
 
 def select_alpha(train_x, train_y, val_x=None, val_y=None, val_categories=None, alphas=ALPHAS) -> tuple[float, list[float]]:

@@ -68,10 +68,8 @@ same data order, or skips a finished one (:mod:`pyica.training.resume`).
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
@@ -79,11 +77,12 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
-from ..models.ridge import selection_score
+from ..metrics import selection_score
 from ..models.clicv2_probe import CLICv2Probe, encoder_fingerprint
 from ..scoring import iter_batches, progress_bar
-from . import distributed
-from .resume import FitCheckpoints, dataset_fingerprint, plain, rng_state, set_rng_state
+from . import distributed, loop
+from .loop import Batch, LoopSettings
+from .resume import FitCheckpoints, dataset_fingerprint
 
 __all__ = ["ProbeRecipe", "TokenCache", "ProbeTrainer", "lr_factor", "check_sgd_recipe"]
 
@@ -317,111 +316,15 @@ class ProbeTrainer:
 
     def _fit_head(self, model: CLICv2Probe, base_lr: float, x_plain: torch.Tensor, x_flip: torch.Tensor | None,
                   y: torch.Tensor, val: ComplexityDataset | None, key: str | None = None) -> dict:
-        """Train ``model``'s head at peak lr ``base_lr``; with ``val``, keep its best epoch. With a
-        checkpoint ``key``: a checkpoint after every epoch, and resume from the last one."""
+        """Train ``model``'s head at peak lr ``base_lr`` with :func:`pyica.training.loop.run`; with ``val``,
+        keep its best epoch. With a checkpoint ``key``: a checkpoint after every epoch, and resume."""
         r = self.recipe
-        dist = distributed.current(self.device)
-        saved = self.checkpoints.load(key) if key is not None else None
-        if saved is not None and saved["finished"]:
-            model.head.load_state_dict(saved["model"])
-            if dist.main:
-                log.info("lr %g: finished fit restored from its checkpoint", base_lr)
-            return {"model": model, "history": saved["history"], "best_score": float(saved["best"]["score"]),
-                    "best_epoch": int(saved["best"]["epoch"])}
-        head = distributed.convert_global_batchnorm(model.head) if dist.world > 1 else model.head
-        model.head = head
-        head_params = [p for p in head.parameters() if p.requires_grad]
-        optimiser = torch.optim.SGD(head_params, lr=base_lr, momentum=r.momentum, weight_decay=r.weight_decay)
-        scaler = distributed.grad_scaler(self.device, r.amp, r.amp_dtype)
-        net = distributed.wrap_ddp(head, self.device)
-        rng = np.random.default_rng(r.seed)
-        n = len(y)
-        starts = list(range(0, n, r.batch_size))
-        if len(starts) > 1 and n - starts[-1] < max(2, dist.world):  # BatchNorm cannot train on a batch of one
-            starts.pop()
-        bounds = list(zip(starts, starts[1:] + [n]))
-        steps_per_epoch = len(bounds)
-        side = math.isqrt(x_plain.shape[1] - 1)
-        best = (-np.inf, 0, copy.deepcopy(head.state_dict()))
-        history, stale, iteration, first = [], 0, 0, 1
-        if saved is not None:
-            head.load_state_dict(saved["model"])
-            optimiser.load_state_dict(saved["optimizer"])
-            scaler.load_state_dict(saved["scaler"])
-            best = (float(saved["best"]["score"]), int(saved["best"]["epoch"]), saved["best"]["state"])
-            history, stale, iteration = list(saved["history"]), int(saved["stale"]), int(saved["iteration"])
-            first = int(saved["epoch"]) + 1
-            set_rng_state(saved["rng"])
-            if dist.main:
-                log.info("lr %g: resumed after epoch %d", base_lr, first - 1)
-        for _ in range(1, first):  # the data order of epoch e depends on (seed, e) only
-            rng.permutation(n)
-            if x_flip is not None:
-                rng.random(n)
-        stopped = r.patience is not None and stale >= r.patience
-        for epoch in range(first, r.epochs + 1):
-            if stopped:
-                break
-            t0 = time.perf_counter()
-            model.train()
-            order = torch.from_numpy(rng.permutation(n))
-            flip_now = torch.from_numpy(rng.random(n) < 0.5) if x_flip is not None else None
-            losses, lr = [], base_lr
-            for a, b in bounds:
-                idx = order[a:b]
-                mine = distributed.shard(idx, dist.rank, dist.world)  # this process's share of the global batch
-                x = x_plain[mine]
-                if flip_now is not None:
-                    x = torch.where(flip_now[mine][:, None, None], x_flip[mine], x)
-                lr = base_lr * lr_factor(iteration, epoch, r, steps_per_epoch)
-                for group in optimiser.param_groups:
-                    group["lr"] = lr
-                with distributed.autocast(self.device, r.amp, r.amp_dtype):
-                    outputs = net(x.to(self.device, non_blocking=True), (side, side))
-                    loss = head.loss(outputs, y[mine].to(self.device))
-                if dist.world > 1:
-                    loss = loss * distributed.loss_scale(len(mine), len(idx), dist.world)
-                optimiser.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimiser)
-                scaler.update()
-                losses.append(float(loss.detach()))
-                iteration += 1
-            row = {"epoch": epoch, "lr": lr, "loss": float(np.mean(self._global_mean(losses, dist))),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-            if val is not None:
-                row["val_srcc"] = float(dist.broadcast_object(self._val_score(model, val)))
-                if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
-                    best, stale = (row["val_srcc"], epoch, copy.deepcopy(head.state_dict())), 0
-                elif np.isfinite(row["val_srcc"]):
-                    stale += 1
-            history.append(row)
-            if dist.main:
-                log.info("lr %g epoch %d: %s", base_lr, epoch, row)
-            stopped = r.patience is not None and stale >= r.patience
-            if key is not None and epoch < r.epochs and not stopped:
-                self.checkpoints.save(key, {
-                    "finished": False, "epoch": epoch, "model": head.state_dict(), "optimizer": optimiser.state_dict(),
-                    "scaler": scaler.state_dict(), "best": {"score": float(best[0]), "epoch": best[1], "state": best[2]},
-                    "stale": stale, "iteration": iteration, "history": plain(history), "rng": rng_state()}, dist.main)
-        if best[1] > 0:
-            head.load_state_dict(best[2])
-        if dist.world > 1:
-            model.head = distributed.revert_global_batchnorm(head)
-        if key is not None:
-            self.checkpoints.save(key, {
-                "finished": True, "epoch": len(history), "model": model.head.state_dict(), "history": plain(history),
-                "best": {"score": float(best[0]), "epoch": best[1]}}, dist.main)
-        return {"model": model, "history": history, "best_score": best[0], "best_epoch": best[1]}
-
-    @staticmethod
-    def _global_mean(values: list[float], dist) -> list[float]:
-        """Per-step losses of the global batch: the processes' scaled local losses averaged."""
-        if dist.world == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64, device=dist.comm_device)
-        torch.distributed.all_reduce(t)
-        return (t / dist.world).tolist()
+        task = _ProbeTask(self, model, base_lr, x_plain, x_flip, y, val, distributed.current(self.device))
+        settings = LoopSettings(epochs=r.epochs, amp=r.amp, amp_dtype=r.amp_dtype, patience=r.patience,
+                                description=f"{self.name} lr {base_lr:g}")
+        fit = loop.run(task, settings, device=self.device,
+                       checkpoint=self.checkpoints.file(key) if key is not None else None)
+        return {"model": model, "history": fit.history, "best_score": fit.best_score, "best_epoch": fit.best_epoch}
 
     def _val_score(self, model: CLICv2Probe, val: ComplexityDataset) -> float:
         paths = val.full_paths()
@@ -452,3 +355,70 @@ class ProbeTrainer:
         if self.model is None:
             raise RuntimeError("train first: call fit_dataset(train, val)")
         return self.model
+
+
+class _ProbeTask:
+    """A probing head's training for :func:`pyica.training.loop.run`: batches of cached tokens (the
+    global batch strided over the processes), the ICNet schedule, the head's own loss."""
+
+    def __init__(self, trainer: ProbeTrainer, model: CLICv2Probe, base_lr: float, x_plain: torch.Tensor,
+                 x_flip: torch.Tensor | None, y: torch.Tensor, val: ComplexityDataset | None, dist):
+        r = trainer.recipe
+        self.trainer, self.model, self.recipe, self.base_lr, self.val = trainer, model, r, base_lr, val
+        self.x_plain, self.x_flip, self.y, self.device = x_plain, x_flip, y, trainer.device
+        self.optimizer = torch.optim.SGD([p for p in model.head.parameters() if p.requires_grad], lr=base_lr,
+                                         momentum=r.momentum, weight_decay=r.weight_decay)
+        n = len(y)
+        starts = list(range(0, n, r.batch_size))
+        if len(starts) > 1 and n - starts[-1] < max(2, dist.world):  # BatchNorm cannot train on a batch of one
+            starts.pop()
+        self.bounds = list(zip(starts, starts[1:] + [n]))
+        self.steps_per_epoch = len(self.bounds)
+        self.side = math.isqrt(x_plain.shape[1] - 1)
+        # epoch e's order and flips are the e-th draws of one generator: a function of (seed, e) only
+        self.rng, self.next_epoch = np.random.default_rng(r.seed), 1
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model.head
+
+    @module.setter
+    def module(self, head: torch.nn.Module) -> None:
+        self.model.head = head
+
+    def _draw(self, epoch: int):
+        n = len(self.y)
+        while True:
+            order = torch.from_numpy(self.rng.permutation(n))
+            flips = torch.from_numpy(self.rng.random(n) < 0.5) if self.x_flip is not None else None
+            self.next_epoch += 1
+            if self.next_epoch > epoch:
+                return order, flips
+
+    def epoch_batches(self, epoch: int, dist, skip: int = 0):
+        order, flips = self._draw(epoch)
+        for a, b in self.bounds[skip:]:
+            idx = order[a:b]
+            mine = distributed.shard(idx, dist.rank, dist.world)  # this process's share of the global batch
+            x = self.x_plain[mine]
+            if flips is not None:
+                x = torch.where(flips[mine][:, None, None], self.x_flip[mine], x)
+            yield Batch((x, self.y[mine]), len(mine), len(idx))
+
+    def loss(self, net, batch: Batch):
+        x, y = batch.data
+        loss = self.model.head.loss(net(x.to(self.device, non_blocking=True), (self.side, self.side)),
+                                    y.to(self.device))
+        return loss, {"loss": float(loss.detach())}
+
+    def learning_rate(self, step: int, epoch: int) -> float:
+        return self.base_lr * lr_factor(step, epoch, self.recipe, self.steps_per_epoch)
+
+    def validate(self) -> float | None:
+        return None if self.val is None else self.trainer._val_score(self.model, self.val)
+
+    def trainable_state(self) -> dict:
+        return self.model.head.state_dict()
+
+    def load_trainable_state(self, state: dict) -> None:
+        self.model.head.load_state_dict(state)

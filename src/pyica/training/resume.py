@@ -1,4 +1,4 @@
-"""Crash-safe training for the epoch trainers (CM-SSA, probes): a checkpoint per fit, exact resume.
+"""Crash-safe training: the checkpoint files of :mod:`pyica.training.loop`, one per fit, and exact resume.
 
 A trainer given a checkpoint folder writes, after every epoch, one file per fit,
 ``fit-<key>.pt``, where ``key`` is a hash of everything that defines the fit (the trainer, the
@@ -35,11 +35,14 @@ import torch
 
 from ..writers import replace_atomically
 
-__all__ = ["rng_state", "set_rng_state", "FitCheckpoints", "dataset_fingerprint", "plain"]
+__all__ = ["rng_state", "set_rng_state", "FitCheckpoints", "CheckpointFile", "dataset_fingerprint", "plain",
+           "upgrade_checkpoint", "CHECKPOINT_FORMAT"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = "pyica.fit_checkpoint/1"
+#: The one checkpoint schema of every trainer (see :func:`upgrade_checkpoint` for the older ones).
+CHECKPOINT_FORMAT = "pyica.fit_checkpoint/2"
+_FIT_V1, _PRETRAIN_V1 = "pyica.fit_checkpoint/1", "pyica.pretrain/1"
 
 
 # --- RNG states as tensors and plain lists (weights_only-loadable) -----------------------------------
@@ -96,8 +99,75 @@ def dataset_fingerprint(ds) -> list | None:
     return [list(ds.full_paths()), [float(s) for s in np.asarray(ds.scores, dtype=np.float64)]]
 
 
+def upgrade_checkpoint(state: dict, where: str | os.PathLike = "checkpoint") -> dict:
+    """A checkpoint in the :data:`CHECKPOINT_FORMAT` schema, from it or from pyica 0.1's layouts (the
+    probe's and CM-SSA's ``fit_checkpoint/1``, ICNet's variant of it with ``optimiser``/``best_state``,
+    and pretraining's ``pretrain/1``), so an interrupted run of the older code continues; anything else
+    is refused with a message naming the file."""
+    fmt = state.get("format")
+    if fmt == CHECKPOINT_FORMAT:
+        return state
+    if fmt == _PRETRAIN_V1:
+        data = state["data"]
+        return {"format": CHECKPOINT_FORMAT, "finished": False, "step": int(state["step"]),
+                "epoch": int(data["epoch"]), "epoch_step": int(data["consumed"]) // max(1, int(data["global_batch"])),
+                "model": state["model"], "optimizer": state["optimizer"], "scaler": None, "rng": state["rng"],
+                "history": [], "stale": 0, "best": {"score": -float("inf"), "epoch": 0, "state": None},
+                "task": {"data": data, "generator": state.get("generator"), "elapsed_s": state.get("elapsed_s", 0.0),
+                         "last_loss": state.get("last_loss"), "last_parts": state.get("last_parts", {}),
+                         "world_size": state.get("world_size"), "config": state.get("config")}}
+    if fmt != _FIT_V1:
+        raise ValueError(f"{where}: not a pyica checkpoint (format {fmt!r}); delete it to start over")
+    out = {"format": CHECKPOINT_FORMAT, "key": state.get("key"), "finished": bool(state["finished"]),
+           "epoch": int(state["epoch"]), "epoch_step": 0, "model": state["model"], "stale": int(state.get("stale", 0)),
+           "step": int(state.get("iteration", 0)), "rng": state.get("rng"), "scaler": state.get("scaler")}
+    if "result" in state:  # CM-SSA's finished fit
+        result = state["result"]
+        out["history"] = list(result["history"])
+        chosen = result["best_epoch"] if result.get("selected_on") == "validation" else 0
+        out["best"] = {"score": -float("inf"), "epoch": chosen, "state": None}
+    else:
+        out["history"] = list(state["history"])
+        if "best" in state:  # the probe's and CM-SSA's layout
+            out["best"] = {"state": None, **state["best"]}
+        else:  # ICNet's
+            out["best"] = {"score": state["best_score"], "epoch": state["best_epoch"], "state": state.get("best_state")}
+    if not out["finished"]:
+        if "optimizer" not in state and "optimiser" not in state:
+            raise ValueError(f"{where}: an unfinished checkpoint without an optimiser state; delete it to start over")
+        out["optimizer"] = state["optimizer"] if "optimizer" in state else state["optimiser"]
+    return out
+
+
+class CheckpointFile:
+    """One fit's checkpoint file: :meth:`load` (``None`` unless resuming and the file exists) and :meth:`save`
+    (atomic). ``key`` (when given) is stored and checked, so a file never continues another fit."""
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = True, key: str | None = None):
+        self.path, self.resume, self.key = Path(path), bool(resume), key
+
+    def load(self) -> dict | None:
+        if not self.resume or not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a torn or foreign file: say which, never unpickle code
+            raise ValueError(f"{self.path}: unreadable checkpoint ({type(err).__name__}: {err}); "
+                             "delete it to start over") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{self.path}: not a pyica checkpoint")
+        state = upgrade_checkpoint(state, self.path)
+        if self.key is not None and state.get("key") not in (None, self.key):
+            raise ValueError(f"{self.path}: a checkpoint of another fit")
+        return state
+
+    def save(self, state: dict) -> None:
+        state = {"format": CHECKPOINT_FORMAT, **({"key": self.key} if self.key else {}), **state}
+        replace_atomically(self.path, lambda temp: torch.save(state, temp), suffix=".pt")
+
+
 class FitCheckpoints:
-    """Checkpoint files of a trainer's fits in ``directory`` (see the module doc).
+    """Checkpoint files of a trainer's fits in ``directory``, one per fit key (see the module doc).
 
     ``resume=False`` ignores files already there (they are overwritten); ``resume=True`` continues
     a fit from its file, or returns a finished fit's result without training.
@@ -115,21 +185,8 @@ class FitCheckpoints:
     def path(self, key: str) -> Path:
         return self.directory / f"fit-{key}.pt"
 
-    def load(self, key: str) -> dict | None:
-        """The state of fit ``key`` when resuming and it has a file, else ``None``."""
-        path = self.path(key)
-        if not self.resume or not path.exists():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != FORMAT or state.get("key") != key:
-            raise ValueError(f"{path}: not a pyica fit checkpoint for this fit")
-        return state
-
-    def save(self, key: str, state: dict, main: bool = True) -> None:
-        """Write fit ``key``'s ``state`` atomically (on rank 0 only: ``main``)."""
-        if main:
-            state = {"format": FORMAT, "key": key, **state}
-            replace_atomically(self.path(key), lambda temp: torch.save(state, temp), suffix=".pt")
+    def file(self, key: str) -> CheckpointFile:
+        return CheckpointFile(self.path(key), resume=self.resume, key=key)
 
     def files(self) -> list[Path]:
         return sorted(self.directory.glob("fit-*.pt")) if self.directory.is_dir() else []

@@ -41,10 +41,7 @@ Speed: with ``cache_images`` (default) each image is decoded and resized once an
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -53,12 +50,13 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
+from ..metrics import selection_score
 from ..models.base import stack_collate
 from ..models.clicv2_probe import encoder_fingerprint
 from ..models.icnet import ICNet, ICNetConfig, ICNetModel
-from ..models.ridge import selection_score
-from ..runtime import resolve_device
 from ..scoring import iter_batches, progress_bar
+from . import distributed, loop
+from .loop import Batch, LoopSettings
 from .probe import check_sgd_recipe, lr_factor
 from .resume import FitCheckpoints, dataset_fingerprint
 
@@ -110,7 +108,7 @@ class ICNetTrainer:
                  checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False):
         self.build_model, self.recipe, self.name = build_model, recipe or ICNetRecipe(), name
         self.progress = progress
-        self.device = resolve_device(self.recipe.device)
+        self.device = distributed.process_device(self.recipe.device)
         self.model: ICNetModel | None = None
         self.history: list[dict] = []
         self.checkpoints = FitCheckpoints(checkpoint_dir, resume=resume) if checkpoint_dir else None
@@ -182,10 +180,6 @@ class ICNetTrainer:
                                   encoder_fingerprint(model.net), paths, [round(float(v), 8) for v in y],
                                   dataset_fingerprint(val))
 
-    def _save_checkpoint(self, key: str, state: dict) -> None:
-        if self.checkpoints is not None:
-            self.checkpoints.save(key, state)
-
     def fit_dataset(self, train: ComplexityDataset, val: ComplexityDataset | None = None, **_) -> dict:
         r = self.recipe
         torch.manual_seed(r.seed)
@@ -208,78 +202,15 @@ class ICNetTrainer:
             raise ValueError(f"{len(keep)} usable training images: ICNet needs at least 2")
         paths = [all_paths[i] for i in keep]
         y = torch.tensor((train.scores[keep] - low) / (high - low), dtype=torch.float32)
-        key = self._fit_key(model, paths, y, val)
-        ckpt_path = self.checkpoints.path(key) if self.checkpoints is not None else None
-
-        optimiser = torch.optim.SGD(model.net.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-        n = len(paths)
-        steps_per_epoch = sum(1 for a in range(0, n, r.batch_size) if min(n, a + r.batch_size) - a >= 2)
-        best = (-math.inf, 0, None)  # (score, epoch, state)
-        history, stale, iteration, start_epoch, resumed_from = [], 0, 0, 1, None
-        ck = self.checkpoints.load(key) if self.checkpoints is not None else None
-        if ck is not None:
-            model.net.load_state_dict(ck["model"])
-            history, resumed_from = list(ck["history"]), int(ck["epoch"])
-            if ck["finished"]:
-                log.info("%s: fit already finished, loaded from %s", self.name, ckpt_path)
-                return self._finish(model, history, ck["best_score"], ck["best_epoch"], low, high, n, resumed_from,
-                                    ckpt_path)
-            optimiser.load_state_dict(ck["optimiser"])
-            best = (float(ck["best_score"]), int(ck["best_epoch"]), ck["best_state"])
-            stale, iteration, start_epoch = int(ck["stale"]), int(ck["iteration"]), resumed_from + 1
-            log.info("%s: resuming after epoch %d from %s", self.name, resumed_from, ckpt_path)
-
-        for epoch in range(start_epoch, r.epochs + 1):
-            t0 = time.perf_counter()
-            model.train()
-            rng = np.random.default_rng([r.seed, epoch])
-            order = rng.permutation(n)
-            flips = rng.random(n) < 0.5
-            losses, lr = [], r.lr
-            ordered = [paths[i] for i in order]
-            for positions, pixels in self._pixel_batches(model, ordered, r.batch_size):
-                if len(positions) < 2:  # BatchNorm cannot train on one image
-                    continue
-                idx = torch.from_numpy(order[positions])
-                x = pixels.to(self.device, non_blocking=True)
-                if r.hflip:
-                    flip = torch.from_numpy(flips[order[positions]]).to(self.device)
-                    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-                lr = r.lr * lr_factor(iteration, epoch, r, steps_per_epoch)
-                for group in optimiser.param_groups:
-                    group["lr"] = lr
-                with self._autocast():
-                    outputs = model.outputs(x)
-                    loss = model.net.loss((outputs[0].float(), outputs[1].float()), y[idx].to(self.device))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
-                iteration += 1
-            row = {"epoch": epoch, "lr": lr, "loss": float(np.mean(losses)) if losses else float("nan"),
-                   "seconds": round(time.perf_counter() - t0, 3)}
-            if has_val:
-                row["val_srcc"] = selection_score(self._predict(model, val.full_paths()), val.scores, val.categories)
-                if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
-                    best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.net.state_dict())), 0
-                elif np.isfinite(row["val_srcc"]):
-                    stale += 1
-            history.append(row)
-            log.info("%s epoch %d: %s", self.name, epoch, row)
-            stop = r.patience is not None and stale >= r.patience
-            if epoch < r.epochs and not stop:
-                self._save_checkpoint(key, {
-                    "finished": False, "epoch": epoch,
-                    "iteration": iteration, "stale": stale, "model": model.net.state_dict(),
-                    "optimiser": optimiser.state_dict(), "best_score": float(best[0]), "best_epoch": best[1],
-                    "best_state": best[2], "history": history})
-            if stop:
-                break
-        if best[1] > 0:
-            model.net.load_state_dict(best[2])
-        self._save_checkpoint(key, {"finished": True, "epoch": len(history), "model": model.net.state_dict(),
-                                    "best_score": float(best[0]), "best_epoch": best[1], "history": history})
-        return self._finish(model, history, best[0], best[1], low, high, n, resumed_from, ckpt_path)
+        checkpoint = None
+        if self.checkpoints is not None:
+            checkpoint = self.checkpoints.file(self._fit_key(model, paths, y, val))
+        task = _ICNetTask(self, model, paths, y, val, distributed.current(self.device))
+        settings = LoopSettings(epochs=r.epochs, amp=r.amp, patience=r.patience, progress=self.progress,
+                                description=self.name)
+        fit = loop.run(task, settings, device=self.device, checkpoint=checkpoint)
+        return self._finish(model, fit.history, fit.best_score, fit.best_epoch, low, high, len(paths),
+                            fit.resumed_after_epoch, checkpoint.path if checkpoint is not None else None)
 
     def _finish(self, model, history, best_score, best_epoch, low, high, n, resumed_from, ckpt_path) -> dict:
         model.eval()
@@ -303,6 +234,72 @@ class ICNetTrainer:
             self._cache(self.model, paths, num_workers=num_workers, max_pixels=max_pixels, progress=progress)
         scores = self._predict(self.model, paths, num_workers=num_workers, max_pixels=max_pixels)
         return scores, {p: self._errors[p] for p in paths if p in self._errors}
+
+
+class _ICNetTask:
+    """ICNet's training for :func:`pyica.training.loop.run`: epoch ``e``'s shuffle and flips from
+    ``default_rng([seed, e])``, the official schedule and loss; under torchrun each process takes its
+    strided share of every global batch."""
+
+    def __init__(self, trainer: ICNetTrainer, model: ICNetModel, paths: list[str], y: torch.Tensor,
+                 val: ComplexityDataset | None, dist):
+        r = trainer.recipe
+        self.trainer, self.model, self.recipe, self.paths, self.y, self.val = trainer, model, r, paths, y, val
+        self.device = trainer.device
+        self.optimizer = torch.optim.SGD(model.net.parameters(), lr=r.lr, momentum=r.momentum,
+                                         weight_decay=r.weight_decay)
+        n, smallest = len(paths), max(2, dist.world)  # BatchNorm cannot train on one image
+        self.steps_per_epoch = sum(1 for a in range(0, n, r.batch_size) if min(n, a + r.batch_size) - a >= smallest)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model.net
+
+    @module.setter
+    def module(self, net: torch.nn.Module) -> None:
+        self.model.net = net
+
+    def epoch_batches(self, epoch: int, dist, skip: int = 0):
+        r, n = self.recipe, len(self.paths)
+        rng = np.random.default_rng([r.seed, epoch])
+        order = rng.permutation(n)
+        flips = rng.random(n) < 0.5
+        ordered = [self.paths[i] for i in order]
+        done = 0
+        for positions, pixels in self.trainer._pixel_batches(self.model, ordered, r.batch_size):
+            if len(positions) < max(2, dist.world):
+                continue
+            done += 1
+            if done <= skip:
+                continue
+            mine = distributed.shard(list(range(len(positions))), dist.rank, dist.world)
+            picked = order[[positions[j] for j in mine]]
+            x = pixels[mine].to(self.device, non_blocking=True)
+            if r.hflip:
+                flip = torch.from_numpy(flips[picked]).to(self.device)
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            yield Batch((x, self.y[torch.from_numpy(picked)]), len(mine), len(positions))
+
+    def loss(self, net, batch: Batch):
+        x, y = batch.data
+        outputs = net(self.model.normalise(x))
+        loss = self.model.net.loss((outputs[0].float(), outputs[1].float()), y.to(self.device))
+        return loss, {"loss": float(loss.detach())}
+
+    def learning_rate(self, step: int, epoch: int) -> float:
+        return self.recipe.lr * lr_factor(step, epoch, self.recipe, self.steps_per_epoch)
+
+    def validate(self) -> float | None:
+        if self.val is None:
+            return None
+        return selection_score(self.trainer._predict(self.model, self.val.full_paths()), self.val.scores,
+                               self.val.categories)
+
+    def trainable_state(self) -> dict:
+        return self.model.net.state_dict()
+
+    def load_trainable_state(self, state: dict) -> None:
+        self.model.net.load_state_dict(state)
 
 
 # --- `pyica train CONFIG` for ICNet ----------------------------------------------------------------

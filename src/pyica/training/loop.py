@@ -1,0 +1,363 @@
+"""The one training loop: every pyica method that trains by gradient descent runs through :func:`run`.
+
+A method supplies only what differs (a :class:`TrainingTask`): the module it trains, its optimiser,
+the batches of an epoch (this process's share of each global batch), the loss of a batch, its learning
+rate schedule, its validation score and hooks (e.g. CLICv2's momentum update after each step). The loop
+owns everything else, once:
+
+* device placement and mixed precision (``torch.autocast`` on CUDA, bf16 or fp16 with a GradScaler);
+* gradient accumulation over ``accumulate`` batches and optional gradient clipping;
+* ``torchrun``: BatchNorm layers normalised over the global batch
+  (:func:`~pyica.training.distributed.convert_global_batchnorm`), the module in
+  ``DistributedDataParallel``, each process's mean loss scaled by its share of the global batch
+  (:func:`~pyica.training.distributed.loss_scale`) so that DDP's average is the global batch's gradient,
+  epoch losses averaged over the processes, the validation score taken from rank 0;
+* checkpoints with one key schema (:data:`CHECKPOINT_FORMAT`), written atomically by rank 0 after every
+  epoch (and every ``checkpoint_every`` steps), and exact resume: the trainable tensors, the optimiser
+  and GradScaler, the step, the best epoch with its tensors, the early-stopping counter, the history,
+  the RNG states and the task's own state (``TrainingTask.state``); a finished fit is restored without
+  training; checkpoints of pyica 0.1 (the four loops before this one) are read and continued;
+* validation after each epoch and best-epoch selection (higher is better; NaN never wins; ``patience``
+  epochs without a gain stop early); the best epoch's tensors are loaded at the end;
+* progress (a bar with totals and ETA on rank 0), logging, and a graceful stop on SIGTERM/SIGINT for
+  long runs (the step finishes, a checkpoint is written, ``--resume`` continues).
+
+The data order is the task's business: every task draws epoch ``e``'s order from ``(seed, e)`` only, so
+a resumed run trains on the batches of an uninterrupted one and, on CPU, ends bit for bit the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .resume import CHECKPOINT_FORMAT, CheckpointFile, plain, rng_state, set_rng_state
+
+__all__ = ["Batch", "TrainingTask", "LoopSettings", "LoopResult", "run", "skip_batches", "CHECKPOINT_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """This process's share of one global batch: the task's ``data`` (``None``: nothing usable, the step
+    counts but nothing is updated), its size and the global batch's size (for the loss scale)."""
+
+    data: Any
+    n_local: int
+    n_global: int
+
+
+class TrainingTask(Protocol):
+    """What a method gives the loop (see the module doc). ``module`` is settable: under torchrun the loop
+    puts back the module with global BatchNorm layers, and the original ones at the end."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def epoch_batches(self, epoch: int, dist: distributed.Distributed, skip: int = 0) -> Iterable[Batch]:
+        """This process's share of each global batch of (1-based) ``epoch``, after the first ``skip``."""
+
+    def loss(self, net: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The mean loss over the batch (``net`` is ``module`` or its DDP wrapper) and its parts to log."""
+
+    def learning_rate(self, step: int, epoch: int) -> float | None:
+        """The lr of the ``step``-th update (0-based) in ``epoch``; ``None``: the optimiser's own."""
+
+    def validate(self) -> float | None:
+        """The selection score of the model as it is now (higher is better), or ``None``: no validation."""
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The tensors that training changes (checkpoints and the best epoch keep these)."""
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+@dataclass
+class LoopSettings:
+    """How the loop runs (each trainer fills it from its recipe)."""
+
+    epochs: int
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    accumulate: int = 1  # batches whose gradients are summed before an update
+    clip_grad: float | None = None
+    patience: int | None = None
+    global_batchnorm: bool = True  # under torchrun: BatchNorm over the global batch
+    find_unused_parameters: bool = False
+    ddp_options: dict = field(default_factory=dict)
+    checkpoint_every: int | None = None  # steps; checkpoints are also written after every epoch
+    max_steps: int | None = None  # stop once this many steps are done (checkpoint written)
+    stop_on_signal: bool = False  # SIGTERM/SIGINT: finish the step, checkpoint, return
+    progress: bool = False
+    description: str = "training"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.accumulate < 1:
+            raise ValueError(f"epochs ({self.epochs}) and accumulate ({self.accumulate}) must be >= 1")
+        if self.amp_dtype not in distributed.AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {sorted(distributed.AMP_DTYPES)}, not {self.amp_dtype!r}")
+
+
+@dataclass
+class LoopResult:
+    history: list[dict]
+    best_score: float  # -inf when no epoch validated
+    best_epoch: int  # 0 when none was selected (the last epoch's tensors are kept)
+    steps: int
+    epoch: int  # epochs completed
+    resumed_after_epoch: int | None = None
+    finished: bool = True  # False: stopped by max_steps or a signal before the last epoch
+    stopped_by_signal: bool = False
+    restored: bool = False  # a finished fit loaded from its checkpoint, nothing trained
+    task_state: dict = field(default_factory=dict)
+
+    @property
+    def selected(self) -> bool:
+        return self.best_epoch > 0
+
+
+def skip_batches(batches: Iterable[Batch], skip: int) -> Iterator[Batch]:
+    """``batches`` after the first ``skip`` (for tasks whose epochs cannot start in the middle cheaply)."""
+    return itertools.islice(batches, skip, None)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT while the loop runs, so a killed job ends with a checkpoint (main thread only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.set, self._old = enabled, False, {}
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self._old[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+        return self
+
+    def _handle(self, signum, frame):  # noqa: ARG002
+        if self.set:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.set = True
+        log.warning("signal %d: stopping after this step (checkpoint written; continue with --resume)", signum)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _epoch_means(parts: list[dict[str, float]], sizes: list[tuple[int, int]], dist) -> dict[str, float]:
+    """Mean over the epoch's steps of each loss part of the global batch (with several processes: their
+    local means weighted by their shares of the global batch)."""
+    if not parts:
+        return {}
+    keys = list(parts[0])
+    if dist.world == 1:
+        return {k: float(np.mean([p[k] for p in parts])) for k in keys}
+    local = torch.tensor([[p[k] * n for k in keys] for p, (n, _) in zip(parts, sizes)], dtype=torch.float64,
+                         device=dist.comm_device)
+    torch.distributed.all_reduce(local)
+    per_step = local.cpu() / torch.tensor([float(g) for _, g in sizes], dtype=torch.float64)[:, None]
+    return {k: float(per_step[:, i].mean()) for i, k in enumerate(keys)}
+
+
+def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
+        checkpoint: CheckpointFile | None = None, hooks: Any = None) -> LoopResult:
+    """Train ``task`` for ``settings.epochs`` epochs (module doc); returns the history and the selection.
+
+    ``checkpoint``: where this fit's checkpoint lives (resumed from when it ``resume``\\ s). ``hooks``: an
+    optional object with ``on_step(step, epoch, lr, loss, parts, batch)`` and ``on_checkpoint(state)``
+    (e.g. pretraining's log file and run statistics)."""
+    dist = distributed.current(device)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None and saved["finished"]:
+        task.load_trainable_state(saved["model"])
+        if dist.main:
+            log.info("%s: finished fit restored from %s", settings.description, checkpoint.path)
+        return LoopResult(list(saved["history"]), float(saved["best"]["score"]), int(saved["best"]["epoch"]),
+                          int(saved["step"]), int(saved["epoch"]), resumed_after_epoch=int(saved["epoch"]),
+                          restored=True, task_state=dict(saved.get("task") or {}))
+
+    if dist.world > 1 and settings.global_batchnorm:
+        task.module = distributed.convert_global_batchnorm(task.module)
+    net = distributed.wrap_ddp(task.module, device, find_unused_parameters=settings.find_unused_parameters,
+                               **settings.ddp_options)
+    optimizer = task.optimizer
+    scaler = distributed.grad_scaler(device, settings.amp, settings.amp_dtype)
+    best = (-math.inf, 0, copy.deepcopy(task.trainable_state()))
+    history: list[dict] = []
+    stale, step, epoch_done, epoch_step, resumed_after = 0, 0, 0, 0, None
+    if saved is not None:
+        task.load_trainable_state(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        if saved["best"].get("state") is not None:
+            best = (float(saved["best"]["score"]), int(saved["best"]["epoch"]), saved["best"]["state"])
+        history, stale = list(saved["history"]), int(saved["stale"])
+        step, epoch_done, epoch_step = int(saved["step"]), int(saved["epoch"]), int(saved.get("epoch_step", 0))
+        if saved.get("rng") is not None:
+            set_rng_state(saved["rng"])
+        if saved.get("task") is not None and callable(getattr(task, "load_state", None)):
+            task.load_state(saved["task"])
+        resumed_after = epoch_done
+        if dist.main:
+            log.info("%s: resumed after epoch %d (step %d) from %s", settings.description, epoch_done, step,
+                     checkpoint.path)
+
+    def state(finished: bool) -> dict:
+        out = {"finished": finished, "epoch": epoch_done, "epoch_step": epoch_step, "step": step,
+               "model": task.trainable_state(), "history": plain(history), "stale": stale,
+               "best": {"score": float(best[0]), "epoch": best[1], "state": None if finished else best[2]}}
+        if not finished:
+            out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), rng=rng_state())
+        if callable(getattr(task, "state", None)):
+            out["task"] = plain(task.state())
+        return out
+
+    def save(finished: bool) -> None:
+        if checkpoint is not None and dist.main:
+            checkpoint.save(state(finished))
+        if hooks is not None and callable(getattr(hooks, "on_checkpoint", None)):
+            hooks.on_checkpoint(step)
+
+    stop_at = settings.max_steps
+    stopped = settings.patience is not None and stale >= settings.patience
+    saved_at = step
+    bar = _progress(settings, task, dist, epoch_done, epoch_step)
+    try:
+        with _StopFlag(settings.stop_on_signal) as stop:
+            for epoch in range(epoch_done + 1, settings.epochs + 1):
+                if stopped or stop.set or (stop_at is not None and step >= stop_at):
+                    break
+                t0 = time.perf_counter()
+                task.module.train()
+                parts_seen, sizes, lr, micro = [], [], None, 0
+                cut_short = False
+                for batch in task.epoch_batches(epoch, dist, skip=epoch_step):
+                    if batch.data is not None:
+                        lr = task.learning_rate(step, epoch)
+                        if lr is not None:
+                            for group in optimizer.param_groups:
+                                group["lr"] = lr
+                        with distributed.autocast(device, settings.amp, settings.amp_dtype):
+                            loss, parts = task.loss(net, batch)
+                        if dist.world > 1:
+                            loss = loss * distributed.loss_scale(batch.n_local, batch.n_global, dist.world)
+                        if settings.accumulate > 1:
+                            loss = loss / settings.accumulate
+                        if micro == 0:
+                            optimizer.zero_grad(set_to_none=True)
+                        scaler.scale(loss).backward()
+                        micro += 1
+                        if micro == settings.accumulate:
+                            _update(optimizer, scaler, task, settings)
+                            micro = 0
+                        parts_seen.append(parts)
+                        sizes.append((batch.n_local, batch.n_global))
+                    else:
+                        if dist.main:
+                            log.warning("step %d: no usable image in the batch; no update", step + 1)
+                        loss, parts = None, {}
+                    step += 1
+                    epoch_step += 1
+                    bar.update(1)
+                    if hooks is not None and callable(getattr(hooks, "on_step", None)):
+                        hooks.on_step(step, epoch, lr, loss, parts, batch)
+                    if settings.checkpoint_every and step % settings.checkpoint_every == 0 and \
+                            (stop_at is None or step < stop_at):
+                        save(False)
+                        saved_at = step
+                    if settings.stop_on_signal and dist.world > 1:  # every process stops at the same step
+                        flag = torch.tensor([float(stop.set)], device=dist.comm_device)
+                        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                        stop.set = bool(flag.item())
+                    if stop.set or (stop_at is not None and step >= stop_at):
+                        cut_short = epoch_step < (getattr(task, "steps_per_epoch", None) or math.inf)
+                        break
+                if micro:  # the gradients of a last incomplete accumulation still count
+                    _update(optimizer, scaler, task, settings)
+                if cut_short:
+                    break
+                epoch_done, epoch_step = epoch, 0
+                row = {"epoch": epoch}
+                if lr is not None:
+                    row["lr"] = lr
+                row.update(_epoch_means(parts_seen, sizes, dist))
+                row["seconds"] = round(time.perf_counter() - t0, 3)
+                score = task.validate()
+                if score is not None:
+                    row["val_srcc"] = float(dist.broadcast_object(float(score)))
+                    if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
+                        best, stale = (row["val_srcc"], epoch, copy.deepcopy(task.trainable_state())), 0
+                    elif np.isfinite(row["val_srcc"]):
+                        stale += 1
+                    task.module.train()
+                history.append(row)
+                if dist.main:
+                    log.info("%s epoch %d: %s", settings.description, epoch, row)
+                    bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()
+                                     if k not in ("epoch", "seconds")})
+                stopped = settings.patience is not None and stale >= settings.patience
+                if epoch < settings.epochs and not stopped and (stop_at is None or step < stop_at):
+                    save(False)
+                    saved_at = step
+            finished = epoch_done >= settings.epochs or stopped
+            if not finished and saved_at != step:
+                save(False)
+            if stop.set and dist.main:
+                log.warning("stopped at step %d; continue with --resume", step)
+    finally:
+        bar.close()
+
+    if finished and best[1] > 0:
+        task.load_trainable_state(best[2])
+    if dist.world > 1 and settings.global_batchnorm:
+        task.module = distributed.revert_global_batchnorm(task.module)
+    if finished:
+        save(True)
+    result = LoopResult(history, float(best[0]), best[1] if finished else 0, step, epoch_done,
+                        resumed_after_epoch=resumed_after, finished=finished, stopped_by_signal=stop.set)
+    if callable(getattr(task, "state", None)):
+        result.task_state = task.state()
+    return result
+
+
+def _update(optimizer, scaler, task, settings: LoopSettings) -> None:
+    if settings.clip_grad:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(task.module.parameters(), float(settings.clip_grad))
+    scaler.step(optimizer)
+    scaler.update()
+    after = getattr(task, "after_step", None)
+    if callable(after):
+        after()
+
+
+def _progress(settings: LoopSettings, task, dist, epoch_done: int, epoch_step: int):
+    from ..scoring import progress_bar
+
+    per_epoch = getattr(task, "steps_per_epoch", None)
+    total = None
+    if per_epoch:
+        total = settings.epochs * per_epoch
+        if settings.max_steps is not None:
+            total = min(total, settings.max_steps)
+        total -= epoch_done * per_epoch + epoch_step
+    bar = progress_bar(total, settings.progress and dist.main)
+    bar.unit = "step"
+    bar.set_description(settings.description)
+    return bar
