@@ -168,7 +168,7 @@ def test_compare_reuses_fits_of_a_config_that_keeps_its_checkpoints(two_category
     import json
 
     import compare_models
-    from pyica.training import train_icnet
+    from pyica.training.resume import CheckpointFile
 
     config = tmp_path / "icnet_tiny.json"
     config.write_text(json.dumps({"method": "icnet", "model": "icnet.savoias", "dataset": str(two_category_dataset),
@@ -189,9 +189,8 @@ def test_compare_reuses_fits_of_a_config_that_keeps_its_checkpoints(two_category
     assert ("random", "category_mean") in {row[:2] for row in first}
 
     epochs = []
-    original = train_icnet.ICNetTrainer._save_checkpoint
-    monkeypatch.setattr(train_icnet.ICNetTrainer, "_save_checkpoint",
-                        lambda self, key, state: (epochs.append(state["epoch"]), original(self, key, state)))
+    original = CheckpointFile.save
+    monkeypatch.setattr(CheckpointFile, "save", lambda self, state: (epochs.append(state["epoch"]), original(self, state)))
     compare_models.main(argv)
     assert epochs == []  # the finished fit was loaded, not trained again
     assert metrics() == first

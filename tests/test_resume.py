@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyica.training import resume as resume_module
-from pyica.training.resume import FitCheckpoints
+from pyica.training import loop
+from pyica.training.resume import CHECKPOINT_FORMAT, CheckpointFile, FitCheckpoints
 
 
 class _Crash(Exception):
@@ -24,15 +24,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def crash_after_saves(monkeypatch, n: int) -> list[dict]:
     """Make the ``n``-th checkpoint write raise after writing; returns the states written."""
-    original, written = FitCheckpoints.save, []
+    original, written = CheckpointFile.save, []
 
-    def save(self, key, state, main=True):
-        original(self, key, state, main)
+    def save(self, state):
+        original(self, state)
         written.append(state)
         if len(written) == n:
             raise _Crash(f"killed after checkpoint {n} (epoch {state['epoch']})")
 
-    monkeypatch.setattr(FitCheckpoints, "save", save)
+    monkeypatch.setattr(CheckpointFile, "save", save)
     return written
 
 
@@ -68,7 +68,7 @@ def test_probe_resumed_after_a_crash_ends_exactly_like_an_uninterrupted_fit(tmp_
     files = FitCheckpoints(tmp_path / "ck").files()
     assert len(files) == 2
     for f in files:  # plain tensors and containers only
-        assert torch.load(f, weights_only=True)["format"] == resume_module.FORMAT
+        assert torch.load(f, weights_only=True)["format"] == CHECKPOINT_FORMAT
     monkeypatch.undo()
 
     resumed = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
@@ -80,7 +80,7 @@ def test_probe_resumed_after_a_crash_ends_exactly_like_an_uninterrupted_fit(tmp_
 
     # resumed again, both fits are finished: restored from their files, not retrained
     again = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
-    monkeypatch.setattr(ProbeTrainer, "_global_mean", lambda *a: pytest.fail("a finished fit was retrained"))
+    monkeypatch.setattr(loop, "_update", lambda *a: pytest.fail("a finished fit was retrained"))
     assert _rows(again.fit_dataset(train, val)["history"]) == _rows(expected["history"])
 
 
@@ -183,3 +183,56 @@ def test_cli_train_resume_continues_a_killed_cmssa_run(tmp_path, monkeypatch, to
     card_b = json.loads((tmp_path / "killed" / f"{name}.json").read_text())
     assert card_a["evaluation"] == card_b["evaluation"]
     assert _rows(card_a["training"]["history"]) == _rows(card_b["training"]["history"])
+
+
+# --- checkpoints of the four loops before training/loop.py --------------------------------------------
+
+def _as_icnet_v1(state: dict) -> dict:
+    """A checkpoint in the layout pyica 0.1's ICNet trainer wrote (``optimiser``, ``best_state``, ...)."""
+    old = {"format": "pyica.fit_checkpoint/1", "key": state["key"], "finished": state["finished"],
+           "epoch": state["epoch"], "model": state["model"], "history": state["history"],
+           "best_score": state["best"]["score"], "best_epoch": state["best"]["epoch"]}
+    if not state["finished"]:
+        old.update(iteration=state["step"], stale=state["stale"], optimiser=state["optimizer"],
+                   best_state=state["best"]["state"])
+    return old
+
+
+def test_an_icnet_checkpoint_of_the_older_layout_resumes_exactly(tmp_path, monkeypatch):
+    from test_icnet import TINY, _toy_manifest
+
+    from pyica.data.manifest import read_manifest
+    from pyica.models.icnet import ICNet, ICNetConfig, ICNetModel
+    from pyica.training.train_icnet import ICNetRecipe, ICNetTrainer
+
+    ds = read_manifest(_toy_manifest(tmp_path / "data"))
+    train, val = ds.subset(np.arange(6)), ds.subset(np.arange(6, 12))
+    recipe = ICNetRecipe(epochs=3, batch_size=4, lr=0.01, device="cpu", num_workers=0)
+
+    def trainer(**kw):
+        return ICNetTrainer(lambda: ICNetModel(ICNet(ICNetConfig(**TINY))), recipe, **kw)
+
+    whole = trainer()
+    expected = whole.fit_dataset(train, val)
+    crash_after_saves(monkeypatch, 1)
+    with pytest.raises(_Crash):
+        trainer(checkpoint_dir=tmp_path / "ck").fit_dataset(train, val)
+    monkeypatch.undo()
+    (file,) = FitCheckpoints(tmp_path / "ck").files()
+    torch.save(_as_icnet_v1(torch.load(file, weights_only=True)), file)
+
+    resumed = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
+    got = resumed.fit_dataset(train, val)
+    assert got["resumed_after_epoch"] == 1 and _rows(got["history"]) == _rows(expected["history"])
+    want = whole.model.net.state_dict()
+    assert all(torch.equal(resumed.model.net.state_dict()[k], v) for k, v in want.items())
+
+
+def test_a_foreign_or_torn_checkpoint_fails_with_one_line_naming_it(tmp_path):
+    path = tmp_path / "fit-x.pt"
+    torch.save({"format": "something/else"}, path)
+    with pytest.raises(ValueError, match=r"fit-x\.pt: not a pyica checkpoint"):
+        CheckpointFile(path).load()
+    path.write_bytes(b"torn")
+    with pytest.raises(ValueError, match=r"fit-x\.pt: unreadable checkpoint"):
+        CheckpointFile(path).load()

@@ -39,7 +39,6 @@ import copy
 import hashlib
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -50,12 +49,13 @@ from PIL import Image
 
 from ..data.dataset import ComplexityDataset, label_range
 from ..loading import load_image
+from ..metrics import selection_score
 from ..models.cmssa import CMSSA, alignment_scores
-from ..models.ridge import selection_score
 from ..runtime import default_num_workers
 from ..scoring import iter_batches, progress_bar
-from . import distributed
-from .resume import FitCheckpoints, dataset_fingerprint, plain, rng_state, set_rng_state
+from . import distributed, loop
+from .loop import Batch, LoopSettings
+from .resume import FitCheckpoints, dataset_fingerprint
 
 __all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup"]
 
@@ -308,7 +308,6 @@ class CMSSATrainer:
 
     def fit_dataset(self, train: ComplexityDataset, val: ComplexityDataset | None = None, **_) -> dict:
         r = self.recipe
-        dist = distributed.current(self.device)
         torch.manual_seed(r.seed)
         model = self.build_model().to(self.device)
         cfg = model.config
@@ -322,112 +321,22 @@ class CMSSATrainer:
         if cacheable:
             self._crop_features(model, paths)
             paths = [p for p in paths if (p, 0) in self._crop_cache]
-        key = saved = None
+        checkpoint = None
         if self.checkpoints is not None:
-            key = FitCheckpoints.key("cmssa", self.name, asdict(cfg), type(model.encoders).__name__,
-                                     getattr(model.encoders, "trunk_id", ""), r.defining(),
-                                     dataset_fingerprint(train), dataset_fingerprint(val))
-            saved = self.checkpoints.load(key)
-        if saved is not None and saved["finished"]:
-            model.load_state_dict(saved["model"], strict=False)
-            model.eval()
-            self.model, self.history = model, list(saved["result"]["history"])
-            if dist.main:
-                log.info("finished fit restored from its checkpoint")
-            return dict(saved["result"])
-        if dist.world > 1:
-            model = distributed.convert_global_batchnorm(model)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimiser = torch.optim.Adam(trainable, lr=r.lr, weight_decay=r.weight_decay)
-        scaler = distributed.grad_scaler(self.device, r.amp, r.amp_dtype)
-        step = distributed.wrap_ddp(_TrainingStep(self, model, cacheable, gather=dist.world > 1), self.device,
-                                    find_unused_parameters=True)
-        rng = np.random.default_rng(r.seed)
-        best = (-np.inf, 0, copy.deepcopy(model.trainable_state_dict()))
-        self.history, stale, first = [], 0, 1
-        if saved is not None:
-            model.load_state_dict(saved["model"], strict=False)
-            optimiser.load_state_dict(saved["optimizer"])
-            scaler.load_state_dict(saved["scaler"])
-            best = (float(saved["best"]["score"]), int(saved["best"]["epoch"]), saved["best"]["state"])
-            self.history, stale, first = list(saved["history"]), int(saved["stale"]), int(saved["epoch"]) + 1
-            set_rng_state(saved["rng"])
-            if dist.main:
-                log.info("resumed after epoch %d", first - 1)
-        for _ in range(1, first):  # the data order of epoch e depends on (seed, e) only
-            rng.permutation(len(paths))
-        stopped = r.patience is not None and stale >= r.patience
-        for epoch in range(first, r.epochs + 1):
-            if stopped:
-                break
-            t0 = time.perf_counter()
-            model.train()
-            order = [paths[i] for i in rng.permutation(len(paths))]
-            batches = [order[i:i + r.batch_size] for i in range(0, len(order), r.batch_size)]
-            # an in-batch softmax needs two captions, and every process at least one image
-            if len(batches) > 1 and len(batches[-1]) < max(2, dist.world):
-                batches[-2].extend(batches.pop())
-            losses, sizes = [], []
-            for batch_paths, images, n_global in self._epoch_batches(model, batches, epoch, cacheable, dist):
-                y = torch.tensor([targets[p] for p in batch_paths], dtype=torch.float32, device=self.device)
-                with distributed.autocast(self.device, r.amp, r.amp_dtype):
-                    loss, parts = step(images, y, batch_paths)
-                if dist.world > 1:
-                    loss = loss * distributed.loss_scale(len(batch_paths), n_global, dist.world)
-                optimiser.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimiser)
-                scaler.update()
-                losses.append(parts)
-                sizes.append((len(batch_paths), n_global))
-            row = {"epoch": epoch, "seconds": round(time.perf_counter() - t0, 2),
-                   **self._epoch_losses(losses, sizes, dist)}
-            if has_val:
-                self.model = model
-                row["val_srcc"] = float(dist.broadcast_object(float(self._selection_score(val))))
-                if np.isfinite(row["val_srcc"]) and row["val_srcc"] > best[0]:
-                    best, stale = (row["val_srcc"], epoch, copy.deepcopy(model.trainable_state_dict())), 0
-                elif np.isfinite(row["val_srcc"]):
-                    stale += 1
-            self.history.append(row)
-            if dist.main:
-                log.info("epoch %d: %s", epoch, row)
-            stopped = r.patience is not None and stale >= r.patience
-            if key is not None and epoch < r.epochs and not stopped:
-                self.checkpoints.save(key, {
-                    "finished": False, "epoch": epoch, "model": model.trainable_state_dict(),
-                    "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
-                    "best": {"score": float(best[0]), "epoch": best[1], "state": best[2]}, "stale": stale,
-                    "history": plain(self.history), "rng": rng_state()}, dist.main)
+            checkpoint = self.checkpoints.file(FitCheckpoints.key(
+                "cmssa", self.name, asdict(cfg), type(model.encoders).__name__, getattr(model.encoders, "trunk_id", ""),
+                r.defining(), dataset_fingerprint(train), dataset_fingerprint(val)))
+        task = _CMSSATask(self, model, paths, targets, val if has_val else None, cacheable)
+        settings = LoopSettings(epochs=r.epochs, amp=r.amp, amp_dtype=r.amp_dtype, patience=r.patience,
+                                find_unused_parameters=True, description=self.name)
+        fit = loop.run(task, settings, device=self.device, checkpoint=checkpoint)
         # a validation part too small for a correlation (all NaN) cannot choose: keep the last epoch
-        selected = has_val and best[1] > 0
-        if selected:
-            model.load_state_dict(best[2], strict=False)
-        if dist.world > 1:
-            model = distributed.revert_global_batchnorm(model)
+        selected = has_val and fit.selected
         model.eval()
-        self.model = model
-        result = {"best_epoch": best[1] if selected else len(self.history),
-                  "epochs_run": len(self.history), "label_range": [low, high], "n_train": len(paths),
-                  "selected_on": "validation" if selected else "last epoch",
-                  "history": self.history}
-        if key is not None:
-            self.checkpoints.save(key, {"finished": True, "epoch": len(self.history),
-                                        "model": model.trainable_state_dict(), "result": plain(result)}, dist.main)
-        return result
-
-    @staticmethod
-    def _epoch_losses(parts: list[dict[str, float]], sizes: list[tuple[int, int]], dist) -> dict[str, float]:
-        """Mean over the epoch's steps of each loss part of the global batch (with several
-        processes: their local means weighted by their shares)."""
-        keys = list(parts[0])
-        if dist.world == 1:
-            return {k: float(np.mean([p[k] for p in parts])) for k in keys}
-        local = torch.tensor([[p[k] * n for k in keys] for p, (n, _) in zip(parts, sizes)], dtype=torch.float64,
-                             device=dist.comm_device)
-        torch.distributed.all_reduce(local)
-        per_step = local.cpu() / torch.tensor([float(g) for _, g in sizes], dtype=torch.float64)[:, None]
-        return {k: float(per_step[:, i].mean()) for i, k in enumerate(keys)}
+        self.model, self.history = model, fit.history
+        return {"best_epoch": fit.best_epoch if selected else len(self.history),
+                "epochs_run": len(self.history), "label_range": [low, high], "n_train": len(paths),
+                "selected_on": "validation" if selected else "last epoch", "history": self.history}
 
     def _epoch_batches(self, model: CMSSA, batches: list[list[str]], epoch: int, cacheable: bool, dist):
         """Per global batch: this process's share of its paths (positions ``rank, rank + W, ...``),
@@ -526,6 +435,58 @@ class CMSSATrainer:
         if self.model is None:
             raise RuntimeError("train first: call fit_dataset(train, val)")
         return self.model
+
+
+class _CMSSATask:
+    """CM-SSA's training for :func:`pyica.training.loop.run`: epoch ``e``'s order is the ``e``-th
+    permutation of one generator seeded with ``seed``; the step runs the captions inside the module DDP
+    wraps; no lr schedule (the paper's)."""
+
+    def __init__(self, trainer: "CMSSATrainer", model: CMSSA, paths: list[str], targets: dict[str, float],
+                 val: ComplexityDataset | None, cacheable: bool):
+        r = trainer.recipe
+        self.trainer, self.model, self.recipe, self.paths, self.targets = trainer, model, r, paths, targets
+        self.val, self.cacheable, self.device = val, cacheable, trainer.device
+        dist = distributed.current(self.device)
+        self.module = _TrainingStep(trainer, model, cacheable, gather=dist.world > 1)
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=r.lr,
+                                          weight_decay=r.weight_decay)
+        self.rng, self.next_epoch = np.random.default_rng(r.seed), 1
+
+    def epoch_batches(self, epoch: int, dist, skip: int = 0):
+        r = self.recipe
+        while self.next_epoch <= epoch:  # the data order of epoch e depends on (seed, e) only
+            permutation = self.rng.permutation(len(self.paths))
+            self.next_epoch += 1
+        order = [self.paths[i] for i in permutation]
+        batches = [order[i:i + r.batch_size] for i in range(0, len(order), r.batch_size)]
+        # an in-batch softmax needs two captions, and every process at least one image
+        if len(batches) > 1 and len(batches[-1]) < max(2, dist.world):
+            batches[-2].extend(batches.pop())
+        self.steps_per_epoch = len(batches)
+        for batch_paths, images, n_global in loop.skip_batches(
+                self.trainer._epoch_batches(self.model, batches, epoch, self.cacheable, dist), skip):
+            yield Batch((batch_paths, images), len(batch_paths), n_global)
+
+    def loss(self, net, batch: Batch):
+        batch_paths, images = batch.data
+        y = torch.tensor([self.targets[p] for p in batch_paths], dtype=torch.float32, device=self.device)
+        return net(images, y, batch_paths)
+
+    def learning_rate(self, step: int, epoch: int) -> None:
+        return None
+
+    def validate(self) -> float | None:
+        if self.val is None:
+            return None
+        self.trainer.model = self.model
+        return self.trainer._selection_score(self.val)
+
+    def trainable_state(self) -> dict:
+        return self.model.trainable_state_dict()
+
+    def load_trainable_state(self, state: dict) -> None:
+        self.model.load_state_dict(state, strict=False)
 
 
 # --- `pyica train CONFIG` for CM-SSA ---------------------------------------------------------------
