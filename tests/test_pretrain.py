@@ -25,6 +25,7 @@ from pyica.checkpoints import load_tensors
 from pyica.cli import main
 from pyica.data.streams import UnlabeledImages, expand_braces, expand_sources
 from pyica.training import pretrain as pt
+from pyica.training.resume import CHECKPOINT_FORMAT
 
 SIZE = 16  # crop side in the tests
 
@@ -279,6 +280,22 @@ def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(data, stop):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_of_the_older_pretraining_layout_resumes_exactly(data):
+    tmp = data["tmp"]
+    _run(_config(data, tmp / "full"))
+    _run(_config(data, tmp / "old"), max_steps=4)
+    path = tmp / "old" / pt.CHECKPOINT
+    new = torch.load(path, weights_only=True)
+    task = new["task"]
+    torch.save({"format": "pyica.pretrain/1", "model": new["model"], "optimizer": new["optimizer"], "step": new["step"],
+                "scheduler": task["scheduler"], "data": task["data"], "rng": new["rng"], "generator": task["generator"],
+                "world_size": 1, "elapsed_s": task["elapsed_s"], "last_loss": task["last_loss"],
+                "last_parts": task["last_parts"], "config": task["config"]}, path)
+    resumed = _run(_config(data, tmp / "old"), resume=True)
+    assert resumed["resumed_from"] == 4 and resumed["steps"] == 10
+    assert _losses(tmp / "old") == _losses(tmp / "full")
+
+
 def test_sigterm_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(data):
     tmp = data["tmp"]
     _run(_config(data, tmp / "full"))
@@ -310,9 +327,10 @@ def test_checkpoint_loads_weights_only_and_the_encoder_and_card_exist(data):
     out = data["tmp"] / "run"
     summary = _run(_config(data, out), max_steps=6)
     ckpt = torch.load(out / pt.CHECKPOINT, map_location="cpu", weights_only=True)
-    assert ckpt["step"] == 6 and ckpt["data"] == {"epoch": 1, "consumed": 4, "seed": 0, "global_batch": 4,
-                                                  "samples_per_epoch": 22}
-    assert {"model", "optimizer", "rng", "generator", "scheduler"} <= set(ckpt)
+    assert ckpt["format"] == CHECKPOINT_FORMAT and not ckpt["finished"]
+    assert ckpt["step"] == 6 and ckpt["task"]["data"] == {"epoch": 1, "consumed": 4, "seed": 0, "global_batch": 4,
+                                                          "samples_per_epoch": 22}
+    assert {"model", "optimizer", "rng"} <= set(ckpt) and {"generator", "scheduler"} <= set(ckpt["task"])
     card = json.loads((out / pt.CARD).read_text())
     tensors = load_tensors(out / pt.ENCODER, sha256=card["weights"]["sha256"])
     assert set(tensors) == set(Toy().encoder.state_dict())

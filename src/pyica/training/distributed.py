@@ -253,15 +253,18 @@ def loss_scale(n_local: int, n_global: int, world: int) -> float:
 
 # --- models ----------------------------------------------------------------------------------------
 
-def wrap_ddp(module: nn.Module, device: torch.device, *, find_unused_parameters: bool = False) -> nn.Module:
+def wrap_ddp(module: nn.Module, device: torch.device, *, find_unused_parameters: bool = False,
+             **options: Any) -> nn.Module:
     """``module`` in ``DistributedDataParallel`` (gradients averaged over the processes) when the
-    process group has several processes, else ``module`` itself. Buffers are not broadcast every
-    step: with :class:`GlobalBatchNorm` they are identical on every process anyway."""
+    process group has several processes, else ``module`` itself. By default buffers are not broadcast
+    every step: with :class:`GlobalBatchNorm` they are identical on every process anyway; ``options``
+    go to ``DistributedDataParallel`` (pretraining broadcasts them, as DDP does by default)."""
     if not (_initialized() and torch.distributed.get_world_size() > 1):
         return module
+    options = {"broadcast_buffers": False, **options}
     return nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
-        find_unused_parameters=find_unused_parameters)
+        module, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters, **options)
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -134,29 +134,31 @@ def skip_batches(batches: Iterable[Batch], skip: int) -> Iterator[Batch]:
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT while the loop runs, so a killed job ends with a checkpoint (main thread only)."""
+    """Set by SIGTERM (preemption) or a first Ctrl-C while ``enabled``: the loop finishes the current step,
+    writes a checkpoint and returns (a checkpoint is never taken in the middle of an update). A second
+    Ctrl-C interrupts at once, without a checkpoint. Signal handlers exist only in the main thread."""
 
     def __init__(self, enabled: bool):
         self.enabled, self.set, self._old = enabled, False, {}
 
     def __enter__(self):
-        if self.enabled:
+        import threading
+
+        if self.enabled and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                try:
-                    self._old[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread
-                    pass
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):  # noqa: ARG002
-        if self.set:  # a second signal: stop at once
+        if signum == signal.SIGINT and self.set:
             raise KeyboardInterrupt
+        log.warning("%s: stopping after this step, with a checkpoint (Ctrl-C again: stop now, without one)",
+                    signal.Signals(signum).name)
         self.set = True
-        log.warning("signal %d: stopping after this step (checkpoint written; continue with --resume)", signum)
 
     def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _epoch_means(parts: list[dict[str, float]], sizes: list[tuple[int, int]], dist) -> dict[str, float]:
@@ -185,6 +187,8 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
     saved = checkpoint.load() if checkpoint is not None else None
     if saved is not None and saved["finished"]:
         task.load_trainable_state(saved["model"])
+        if saved.get("task") is not None and callable(getattr(task, "load_state", None)):
+            task.load_state(saved["task"])
         if dist.main:
             log.info("%s: finished fit restored from %s", settings.description, checkpoint.path)
         return LoopResult(list(saved["history"]), float(saved["best"]["score"]), int(saved["best"]["epoch"]),

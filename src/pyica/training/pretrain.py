@@ -44,13 +44,13 @@ non-determinism of cuDNN and atomics).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import os
 import platform
 import random
-import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,10 +62,11 @@ from torch import nn
 
 from ..checkpoints import save_tensors
 from ..writers import replace_atomically, write_json_atomic
+from . import loop
 from .distributed import Distributed
 from .fit_head import read_json_config
-from .resume import rng_state as _rng_state
-from .resume import set_rng_state as _set_rng_state
+from .loop import Batch, LoopSettings
+from .resume import CheckpointFile
 
 __all__ = ["pretrain", "load_pretrain_config", "lr_at", "param_groups", "build_optimizer", "BUILDERS",
            "CHECKPOINT", "ENCODER", "CARD", "LOG"]
@@ -198,34 +199,6 @@ def _default_workers(local_world: int) -> int:
 
 # --- the loop ----------------------------------------------------------------------------------------
 
-class _StopFlag:
-    """Set by SIGTERM (preemption) or a first Ctrl-C: the loop finishes the current step, writes a
-    checkpoint and returns (a checkpoint is never taken in the middle of an update). A second
-    Ctrl-C interrupts at once, without a checkpoint."""
-
-    def __init__(self):
-        self.set, self._old = False, {}
-
-    def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):  # noqa: ARG002
-        if signum == signal.SIGINT and self.set:
-            raise KeyboardInterrupt
-        log.warning("%s: stopping after this step, with a checkpoint (Ctrl-C again: stop now, without one)",
-                    signal.Signals(signum).name)
-        self.set = True
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def _exclude_paths(manifest: str | None) -> set[str]:
     if not manifest:
         return set()
@@ -281,12 +254,11 @@ def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_step
 
 def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, build_model, num_workers, progress) -> dict:
     from ..data.streams import UnlabeledImages
-    from ..scoring import progress_bar
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)
     out = Path(cfg["output_dir"])
-    ckpt_path, log_path = out / CHECKPOINT, out / LOG
+    ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another output_dir")
     device, seed, optim_cfg, data_cfg = dist.device, int(cfg["seed"]), cfg["optim"], cfg["data"]
@@ -321,146 +293,32 @@ def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, b
     if builder is None:
         raise ValueError(f"unknown method {cfg['method']!r}; known: {', '.join(BUILDERS)}")
     model = builder(dict(cfg["model"])).to(device)
-    model.train()
-    optimizer = build_optimizer(model, optim_cfg, peak_lr, device)
-    generator = torch.Generator(device=device)
-
-    step, epoch, consumed, elapsed_before, resumed_from = 0, 0, 0, 0.0, None
-    last_loss, last_parts = None, {}
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != _FORMAT:
-            raise ValueError(f"{ckpt_path}: not a pyica pretraining checkpoint")
-        _check_compatible(ckpt, global_batch, stream.num_samples, seed)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, epoch, consumed = int(ckpt["step"]), int(ckpt["data"]["epoch"]), int(ckpt["data"]["consumed"])
-        elapsed_before = float(ckpt.get("elapsed_s", 0.0))
-        if ckpt.get("last_loss") is not None:
-            last_loss, last_parts = torch.tensor(ckpt["last_loss"]), dict(ckpt.get("last_parts", {}))
-        _set_rng_state(ckpt["rng"])
-        if ckpt.get("generator") is not None and dist.rank == 0:  # rank 0's; re-seeded every step anyway
-            try:
-                generator.set_state(ckpt["generator"])
-            except RuntimeError:  # saved on another device type: harmless, see _step_seed
-                pass
-        resumed_from = step
-        if dist.main:
-            _trim_log(log_path, step)
-            log.info("resumed %s at step %d (epoch %d, %d samples into it)", ckpt_path, step, epoch, consumed)
-        del ckpt
-    elif resume and dist.main:
+    task = _PretrainTask(model, build_optimizer(model, optim_cfg, peak_lr, device), stream, cfg, dist,
+                         steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup_steps,
+                         peak_lr=peak_lr, stop_at=stop_at, workers=_default_workers(dist.local_world)
+                         if num_workers is None else int(num_workers))
+    if resume and not ckpt_path.exists() and dist.main:
         log.info("no checkpoint in %s: starting from step 0", out)
-
-    net: nn.Module = model
-    if dist.world > 1 and device.type == "cuda" and cfg["sync_bn"]:
-        net = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys
-    if dist.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=bool(cfg["find_unused_parameters"]), gradient_as_bucket_view=True)
-    use_amp = bool(cfg["amp"]) and device.type == "cuda"
-    clip = optim_cfg["clip_grad"]
-    workers = _default_workers(dist.local_world) if num_workers is None else int(num_workers)
-    log_every, ckpt_every = int(cfg["log_every"]), int(cfg["checkpoint_every"])
-
-    def save_checkpoint() -> None:
-        state = {"format": _FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": step, "scheduler": {"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps,
-                                             "peak_lr": peak_lr},
-                 "data": {"epoch": epoch, "consumed": consumed, "seed": seed, "global_batch": global_batch,
-                          "samples_per_epoch": stream.num_samples},
-                 "samples_seen": step * global_batch, "rng": _rng_state(), "generator": generator.get_state(),
-                 "world_size": dist.world, "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-                 "last_loss": None if last_loss is None else float(last_loss),
-                 "last_parts": {k: float(v) for k, v in last_parts.items()},
-                 "config": {k: v for k, v in cfg.items()}}
-        replace_atomically(ckpt_path, lambda temp: torch.save(state, temp), suffix=".pt")
-
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-    bar = progress_bar((stop_at - step) * global_batch, progress and dist.main)
-    log_file = open(log_path, "a", encoding="utf-8") if dist.main else None
-    saved_at, lr = step, None
-    window_t, window_steps = time.perf_counter(), 0
+    settings = LoopSettings(
+        epochs=max(1, math.ceil(total_steps / steps_per_epoch)), amp=bool(cfg["amp"]), clip_grad=optim_cfg["clip_grad"],
+        global_batchnorm=bool(cfg["sync_bn"]), find_unused_parameters=bool(cfg["find_unused_parameters"]),
+        ddp_options={"broadcast_buffers": True, "gradient_as_bucket_view": True},
+        checkpoint_every=int(cfg["checkpoint_every"]), max_steps=stop_at, stop_on_signal=True,
+        progress=progress, description="pretraining")
     try:
-        with _StopFlag() as stop:
-            while step < stop_at and not stop.set:
-                stream.set_state(epoch, consumed)
-                loader = torch.utils.data.DataLoader(
-                    stream, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                    prefetch_factor=4 if workers > 0 else None, persistent_workers=False)
-                for batch in loader:
-                    if batch.shape[0] == 0:
-                        if dist.world > 1:
-                            raise RuntimeError(f"step {step + 1}: every image of this process's batch was unreadable")
-                        log.warning("step %d: every image of the batch was unreadable; no update", step + 1)
-                    else:
-                        lr = lr_at(step, peak_lr, warmup_steps, total_steps, optim_cfg["min_lr"])
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
-                        generator.manual_seed(_step_seed(seed, dist.rank, step))
-                        images = batch.to(device, non_blocking=True).float().div_(255.0)
-                        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                            loss, parts = net(images, generator)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if clip:
-                            nn.utils.clip_grad_norm_(model.parameters(), float(clip))
-                        optimizer.step()
-                        if callable(getattr(model, "momentum_update", None)):
-                            model.momentum_update()
-                        last_loss, last_parts = loss.detach(), parts
-                    step += 1
-                    consumed += global_batch
-                    window_steps += 1
-                    bar.update(global_batch)
-                    epoch_done = consumed >= steps_per_epoch * global_batch
-                    if epoch_done:
-                        epoch, consumed = epoch + 1, 0
-                    if dist.main and (step % log_every == 0 or step == stop_at) and last_loss is not None:
-                        now = time.perf_counter()
-                        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
-                               "loss": float(last_loss),
-                               "images_per_s": round(window_steps * global_batch / max(now - window_t, 1e-9), 2),
-                               "samples_seen": step * global_batch}
-                        for key, value in last_parts.items():
-                            row.setdefault(key, float(value))
-                        if not math.isfinite(row["loss"]):
-                            raise RuntimeError(f"loss is {row['loss']} at step {step}; the last checkpoint is {ckpt_path}")
-                        log_file.write(json.dumps(row) + "\n")
-                        log_file.flush()
-                        window_t, window_steps = now, 0
-                    if step % ckpt_every == 0 and step < stop_at:
-                        if dist.main:
-                            save_checkpoint()
-                            saved_at = step
-                    if dist.world > 1:  # every process must stop at the same step
-                        flag = torch.tensor([float(stop.set)], device=device)
-                        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                        stop.set = bool(flag.item())
-                    if epoch_done or step >= stop_at or stop.set:
-                        break
-                else:  # the stream ended before the epoch's steps (cannot happen with a fixed index)
-                    log.warning("epoch %d ended after %d of %d steps", epoch, consumed // global_batch, steps_per_epoch)
-                    epoch, consumed = epoch + 1, 0
-                del loader
-            if dist.main and (saved_at != step or not ckpt_path.exists()):
-                save_checkpoint()
-            if stop.set and dist.main:
-                log.warning("stopped at step %d; checkpoint %s (continue with --resume)", step, ckpt_path)
+        fit = loop.run(task, settings, device=device, checkpoint=CheckpointFile(ckpt_path, resume=resume), hooks=task)
     finally:
-        bar.close()
-        if log_file is not None:
-            log_file.close()
-
+        task.close()
+    step = fit.steps
     seconds = time.perf_counter() - t_start
     summary = {"steps": step, "total_steps": total_steps, "finished": step >= total_steps,
                "epochs_done": round(step / steps_per_epoch, 4), "samples_seen": step * global_batch,
-               "final_loss": float(last_loss) if last_loss is not None else None, "final_parts": last_parts,
-               "resumed_from": resumed_from, "stopped_by_signal": stop.set, "seconds": round(seconds, 3),
-               "seconds_total": round(elapsed_before + seconds, 3), "world_size": dist.world,
-               "output_dir": str(out), "checkpoint": str(ckpt_path)}
+               "final_loss": task.last_loss, "final_parts": task.last_parts,
+               "resumed_from": task.resumed_from, "stopped_by_signal": fit.stopped_by_signal,
+               "seconds": round(seconds, 3), "seconds_total": round(task.elapsed_before + seconds, 3),
+               "world_size": dist.world, "output_dir": str(out), "checkpoint": str(ckpt_path)}
     if dist.main:
         summary.update(_write_encoder(model, cfg, stream, summary, dist, device, started, steps_per_epoch,
                                       warmup_steps, peak_lr, global_batch))
@@ -468,8 +326,132 @@ def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, b
     return summary
 
 
-def _check_compatible(ckpt: dict, global_batch: int, num_samples: int, seed: int) -> None:
-    data = ckpt["data"]
+class _PretrainTask:
+    """Pretraining for :func:`pyica.training.loop.run`: an epoch is ``steps_per_epoch`` batches of the
+    unlabeled stream (which starts at any position: its order and crops are functions of
+    ``(seed, epoch, position)``), the model's generator is re-seeded from ``(seed, rank, step)`` before
+    every step, AdamW with warm-up + cosine per step, the model's ``momentum_update`` after every update;
+    it is also the loop's hooks: ``log.jsonl`` rows and the run's statistics."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stream, cfg: dict, dist: Distributed, *,
+                 steps_per_epoch: int, total_steps: int, warmup_steps: int, peak_lr: float, stop_at: int,
+                 workers: int):
+        self.module, self.optimizer, self.stream, self.cfg, self.dist = model, optimizer, stream, cfg, dist
+        self.steps_per_epoch, self.total_steps, self.warmup_steps = steps_per_epoch, total_steps, warmup_steps
+        self.peak_lr, self.stop_at, self.workers = peak_lr, stop_at, workers
+        self.seed, self.global_batch = int(cfg["seed"]), int(cfg["optim"]["batch_size"])
+        self.device = dist.device
+        self.generator = torch.Generator(device=self.device)
+        self.last_loss: float | None = None
+        self.last_parts: dict[str, float] = {}
+        self.elapsed_before, self.resumed_from, self.t_start = 0.0, None, time.perf_counter()
+        self.log_path = Path(cfg["output_dir"]) / LOG
+        self.log_file = None
+        self.position = (0, 0)  # (stream epoch, samples consumed in it) after the last step
+        self.window_t, self.window_steps = time.perf_counter(), 0
+
+    # --- the loop's task ---------------------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int, dist, skip: int = 0):
+        self.stream.set_state(epoch - 1, skip * self.global_batch)
+        loader = torch.utils.data.DataLoader(
+            self.stream, batch_size=None, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.workers > 0 else None, persistent_workers=False)
+        done = skip
+        for batch in itertools.islice(loader, self.steps_per_epoch - skip):
+            step = (epoch - 1) * self.steps_per_epoch + done
+            done += 1
+            if batch.shape[0] == 0:
+                if dist.world > 1:
+                    raise RuntimeError(f"step {step + 1}: every image of this process's batch was unreadable")
+                yield Batch(None, 0, 0)
+            else:
+                yield Batch((step, batch), batch.shape[0], self.global_batch)
+        if done < self.steps_per_epoch:  # the stream ended early (cannot happen with a fixed index)
+            log.warning("epoch %d ended after %d of %d steps", epoch - 1, done, self.steps_per_epoch)
+
+    def loss(self, net, batch: Batch):
+        step, pixels = batch.data
+        self.generator.manual_seed(_step_seed(self.seed, self.dist.rank, step))
+        images = pixels.to(self.device, non_blocking=True).float().div_(255.0)
+        return net(images, self.generator)
+
+    def learning_rate(self, step: int, epoch: int) -> float:  # noqa: ARG002
+        return lr_at(step, self.peak_lr, self.warmup_steps, self.total_steps, self.cfg["optim"]["min_lr"])
+
+    def validate(self) -> None:
+        return None
+
+    def after_step(self) -> None:
+        if callable(getattr(self.module, "momentum_update", None)):
+            self.module.momentum_update()
+
+    def trainable_state(self) -> dict:
+        return self.module.state_dict()
+
+    def load_trainable_state(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+    def state(self) -> dict:
+        epoch, consumed = self.position
+        return {"data": {"epoch": epoch, "consumed": consumed, "seed": self.seed, "global_batch": self.global_batch,
+                         "samples_per_epoch": self.stream.num_samples},
+                "scheduler": {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                              "peak_lr": self.peak_lr},
+                "generator": self.generator.get_state(), "world_size": self.dist.world,
+                "elapsed_s": self.elapsed_before + time.perf_counter() - self.t_start,
+                "last_loss": self.last_loss, "last_parts": dict(self.last_parts), "config": dict(self.cfg)}
+
+    def load_state(self, state: dict) -> None:
+        data = state["data"]
+        _check_compatible(data, self.global_batch, self.stream.num_samples, self.seed)
+        self.position = (int(data["epoch"]), int(data["consumed"]))
+        self.resumed_from = self.position[0] * self.steps_per_epoch + self.position[1] // self.global_batch
+        self.elapsed_before = float(state.get("elapsed_s") or 0.0)
+        if state.get("last_loss") is not None:
+            self.last_loss, self.last_parts = float(state["last_loss"]), dict(state.get("last_parts") or {})
+        if state.get("generator") is not None and self.dist.rank == 0:  # rank 0's; re-seeded every step anyway
+            try:
+                self.generator.set_state(state["generator"])
+            except RuntimeError:  # saved on another device type: harmless, see _step_seed
+                pass
+        if self.dist.main:
+            _trim_log(self.log_path, self.resumed_from)
+            log.info("resumed %s at step %d (epoch %d, %d samples into it)", Path(self.cfg["output_dir"]) / CHECKPOINT,
+                     self.resumed_from, *self.position)
+
+    # --- the loop's hooks --------------------------------------------------------------------------
+
+    def on_step(self, step: int, epoch: int, lr, loss, parts, batch) -> None:  # noqa: ARG002
+        if loss is not None:
+            self.last_loss, self.last_parts = float(loss.detach()), parts
+        self.window_steps += 1
+        self.position = divmod(step, self.steps_per_epoch)
+        self.position = (self.position[0], self.position[1] * self.global_batch)
+        if not self.dist.main or not (step % int(self.cfg["log_every"]) == 0 or step == self.stop_at) \
+                or self.last_loss is None:
+            return
+        now = time.perf_counter()
+        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "lr": lr, "loss": self.last_loss,
+               "images_per_s": round(self.window_steps * self.global_batch / max(now - self.window_t, 1e-9), 2),
+               "samples_seen": step * self.global_batch}
+        for key, value in self.last_parts.items():
+            row.setdefault(key, float(value))
+        if not math.isfinite(row["loss"]):
+            raise RuntimeError(f"loss is {row['loss']} at step {step}; the last checkpoint is "
+                               f"{Path(self.cfg['output_dir']) / CHECKPOINT}")
+        if self.log_file is None:
+            self.log_file = open(self.log_path, "a", encoding="utf-8")
+        self.log_file.write(json.dumps(row) + "\n")
+        self.log_file.flush()
+        self.window_t, self.window_steps = now, 0
+
+    def close(self) -> None:
+        if self.log_file is not None:
+            self.log_file.close()
+
+
+def _check_compatible(data: dict, global_batch: int, num_samples: int, seed: int) -> None:
     if data["global_batch"] != global_batch or data["samples_per_epoch"] != num_samples or data["seed"] != seed:
         log.warning("the checkpoint was made with batch %s, %s samples per epoch and seed %s; this run has %s, %s "
                     "and %s: the data order will not continue exactly", data["global_batch"],
