@@ -229,7 +229,7 @@ class _StopFlag:
 def _exclude_paths(manifest: str | None) -> set[str]:
     if not manifest:
         return set()
-    from ..scoring import iter_image_paths
+    from ..inputs import iter_image_paths
 
     if not Path(manifest).is_file():
         raise FileNotFoundError(f"{manifest}: exclude_manifest not found")
@@ -281,7 +281,7 @@ def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_step
 
 def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, build_model, num_workers, progress) -> dict:
     from ..data.streams import UnlabeledImages
-    from ..scoring import progress_bar
+    from ..progress import progress_bar
 
     t_start = time.perf_counter()
     started = datetime.now(timezone.utc)

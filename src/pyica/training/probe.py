@@ -79,9 +79,10 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
+from ..inputs import iter_batches
 from ..models.ridge import selection_score
 from ..models.clicv2_probe import CLICv2Probe, encoder_fingerprint
-from ..scoring import iter_batches, progress_bar
+from ..progress import progress_bar
 from . import distributed
 from .resume import FitCheckpoints, dataset_fingerprint, plain, rng_state, set_rng_state
 

@@ -53,12 +53,13 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
+from ..inputs import iter_batches
 from ..models.base import stack_collate
 from ..models.clicv2_probe import encoder_fingerprint
 from ..models.icnet import ICNet, ICNetConfig, ICNetModel
 from ..models.ridge import selection_score
 from ..runtime import resolve_device
-from ..scoring import iter_batches, progress_bar
+from ..progress import progress_bar
 from .probe import check_sgd_recipe, lr_factor
 from .resume import FitCheckpoints, dataset_fingerprint
 
