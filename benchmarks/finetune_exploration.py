@@ -38,7 +38,7 @@ from pyica.metrics import plcc, srcc  # noqa: E402
 from pyica.models.effnet import SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf  # noqa: E402
 from pyica.models.ridge import ridge_path, select_alpha  # noqa: E402
 from pyica.reports import format_table, write_results_csv  # noqa: E402
-from pyica.scoring import progress_bar  # noqa: E402
+from pyica.progress import progress_bar  # noqa: E402
 
 
 def parse_args(argv=None):

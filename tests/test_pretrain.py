@@ -23,7 +23,8 @@ from torch import nn
 
 from pyica.checkpoints import load_tensors
 from pyica.cli import main
-from pyica.data.streams import UnlabeledImages, expand_braces, expand_sources
+from pyica.data.streams import UnlabeledImages
+from pyica.inputs import expand_braces, expand_sources
 from pyica.training import pretrain as pt
 from pyica.training.resume import CHECKPOINT_FORMAT
 

@@ -17,8 +17,9 @@ from PIL import Image
 
 from pyica.cli import main
 from pyica.registry import create_model
-from pyica.scoring import ScoreRecord, TarMember, iter_batches, iter_image_paths, rank_output_path, score_paths
-from pyica.writers import SCORE_COLUMNS, ScoreWriter, _drop_torn_tail, read_scores
+from pyica.inputs import TarMember, iter_batches, iter_image_paths
+from pyica.scoring import ScoreRecord, rank_output_path, score_paths
+from pyica.writers import SCORE_COLUMNS, ScoreWriter, drop_torn_tail, read_scores
 
 MODEL = "entropy"  # the cheapest classic measure
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -224,13 +225,13 @@ def test_resume_cuts_the_part_file_after_its_last_complete_row(tmp_path, fmt, st
 def test_drop_torn_tail_reads_backwards_across_blocks(tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_bytes(b"one\n" + b"x" * 200_000)
-    _drop_torn_tail(f)
+    drop_torn_tail(f)
     assert f.read_bytes() == b"one\n"
     f.write_bytes(b"y" * 70_000)
-    _drop_torn_tail(f)
+    drop_torn_tail(f)
     assert f.read_bytes() == b""
     f.write_bytes(b"a\nb\n")
-    _drop_torn_tail(f)
+    drop_torn_tail(f)
     assert f.read_bytes() == b"a\nb\n"
 
 

@@ -56,7 +56,8 @@ def score(
     A file that cannot be read yields a record with ``score=None`` and the reason in ``error``.
     """
     from .metric import as_path_list
-    from .scoring import iter_image_paths, score_paths
+    from .inputs import iter_image_paths
+    from .scoring import score_paths
 
     scorer = create_model(model, device=device)
     paths = iter_image_paths(as_path_list(inputs), recursive=recursive)  # streamed, never listed

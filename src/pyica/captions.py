@@ -30,9 +30,9 @@ from typing import Any, Iterable, Protocol, runtime_checkable
 import torch
 
 from .loading import load_image
+from .progress import progress_bar
 from .runtime import resolve_device
-from .scoring import progress_bar
-from .writers import _drop_torn_tail, read_scores, write_json_atomic
+from .writers import drop_torn_tail, read_scores, write_json_atomic
 
 __all__ = ["CaptionProvider", "PRESETS", "InstructBlipCaptioner", "BlipCaptioner", "Blip2Captioner", "FileCaptions",
            "ImageNetLabelCaptioner", "CAPTIONERS", "create_captioner", "caption_dataset", "load_captions",
@@ -370,7 +370,7 @@ def caption_dataset(paths: Iterable[str | os.PathLike], provider: CaptionProvide
         if out.exists() and not part.exists():
             os.replace(out, part)  # extend a finished file; it is renamed back at the end
         if part.exists():
-            _drop_torn_tail(part)
+            drop_torn_tail(part)
             done = {str(row["path"]) for row in read_scores(part, "jsonl")}
     else:
         for stale in (out, part):

@@ -296,7 +296,9 @@ def cmd_score(args) -> int:
     import torch
 
     from .registry import create_model, model_info
-    from .scoring import check_inputs, expand_input, iter_image_paths, rank_output_path, score_paths, torchrun_env
+    from .inputs import check_inputs, expand_input, iter_image_paths
+    from .runtime import torchrun_env
+    from .scoring import rank_output_path, score_paths
     from .writers import ScoreWriter, write_json_atomic
 
     if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
@@ -457,9 +459,9 @@ def cmd_eval(args) -> int:
 
 def _main_rank() -> bool:
     """False in the processes of a torchrun launch other than rank 0 (they print nothing)."""
-    import os
+    from .runtime import torchrun_env
 
-    return int(os.environ.get("RANK", "0")) == 0
+    return torchrun_env().rank == 0
 
 
 def cmd_train(args) -> int:
@@ -530,7 +532,7 @@ def cmd_validate(args) -> int:
 def cmd_caption(args) -> int:
     from .captions import caption_dataset, create_captioner
     from .data.loaders import list_datasets, load_dataset
-    from .scoring import iter_image_paths
+    from .inputs import iter_image_paths
 
     first = args.inputs[0]
     if len(args.inputs) == 1 and not Path(first).exists() and (args.root or first.lower() in list_datasets()):

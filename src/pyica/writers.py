@@ -20,7 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["ScoreWriter", "read_scores", "iter_scores", "write_json_atomic", "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS"]
+__all__ = ["ScoreWriter", "read_scores", "iter_scores", "write_json_atomic", "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS",
+           "drop_torn_tail"]
 
 FORMATS = ("csv", "jsonl")
 SCORE_COLUMNS = ("path", "model", "score", "error")
@@ -69,7 +70,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     replace_atomically(path, lambda temp: Path(temp).write_text(text, encoding="utf-8", newline=""))
 
 
-def _drop_torn_tail(path: Path) -> None:
+def drop_torn_tail(path: Path) -> None:
     """Cut a last line that has no newline: it was being written when the job stopped.
 
     Reads only the file's tail (backwards, in blocks), not the whole file.
@@ -154,7 +155,7 @@ def _complete_rows(part: Path, fmt: str) -> tuple[set[str], bool]:
 
     One streaming pass: nothing but the set of paths is kept.
     """
-    _drop_torn_tail(part)
+    drop_torn_tail(part)
     done: set[str] = set()
     if fmt == "jsonl":
         for row in iter_scores(part, fmt):

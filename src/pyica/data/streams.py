@@ -1,7 +1,7 @@
 """Unlabeled images for self-supervised pretraining, streamed, deterministic and resumable.
 
 :class:`UnlabeledImages` is an ``IterableDataset`` over image **folders** (recursive), **CSV
-manifests** (the image column, as :func:`pyica.scoring.iter_image_paths` reads it), single image
+manifests** (the image column, as :func:`pyica.inputs.iter_image_paths` reads it), single image
 files and **WebDataset-style tar shards** (uncompressed ``.tar`` files whose members with an image
 extension are the samples; other members such as ``.json``/``.txt`` are ignored). A source may be a
 glob (``shards/*.tar``) or a brace pattern (``shards/train-{000000..000099}.tar``, ``{a,b}``).
@@ -42,77 +42,22 @@ batch, so block boundaries and the rank that owns each block are the same as wel
 
 from __future__ import annotations
 
-import glob
-import io
 import logging
 import math
 import os
-import re
-import tarfile
-import warnings
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..loading import DEFAULT_MAX_PIXELS, ImageLoadError, image_extensions, load_image, to_rgb
+from ..inputs import ShardIndex, ShardReader, decode_image, expand_sources, index_shard, iter_image_paths
+from ..loading import ImageLoadError, image_extensions
 
-__all__ = ["UnlabeledImages", "expand_braces", "expand_sources", "resize_and_crop", "distributed_info"]
+__all__ = ["UnlabeledImages", "resize_and_crop", "distributed_info"]
 
 log = logging.getLogger(__name__)
-
-_BRACE = re.compile(r"\{([^{}]*)\}")
-_RANGE = re.compile(r"(-?\d+)\.\.(-?\d+)")
-_GLOB_CHARS = re.compile(r"[*?\[]")
-_OPEN_SHARDS = 4  # tar files a worker keeps open at once
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """Expand shell-style braces: ``{000..002}`` (zero padding kept) and ``{a,b}``, left to right.
-
-    ``"s-{000..002}.tar"`` -> ``["s-000.tar", "s-001.tar", "s-002.tar"]``. Braces holding neither a
-    range nor a comma are kept literally.
-    """
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    body = m.group(1)
-    span = _RANGE.fullmatch(body)
-    if span:
-        a, b = span.groups()
-        lo, hi = int(a), int(b)
-        padded = any(len(s.lstrip("-")) > 1 and s.lstrip("-").startswith("0") for s in (a, b))
-        width = max(len(a), len(b)) if padded else 0
-        step = 1 if hi >= lo else -1
-        options = [str(v).zfill(width) for v in range(lo, hi + step, step)]
-    elif "," in body:
-        options = body.split(",")
-    else:
-        options = ["{" + body + "}"]
-    head = pattern[: m.start()]
-    return [head + option + rest for option in options for rest in expand_braces(pattern[m.end():])]
-
-
-def expand_sources(sources: Iterable[str | os.PathLike]) -> list[str]:
-    """Sources with braces and globs expanded (globs sorted). A pattern matching nothing, or a plain
-    path that does not exist, raises :class:`FileNotFoundError` naming it."""
-    out: list[str] = []
-    for source in sources:
-        for item in expand_braces(os.fspath(source)):
-            if _GLOB_CHARS.search(item):
-                matches = sorted(glob.glob(item, recursive=True))
-                if not matches:
-                    raise FileNotFoundError(f"{item}: no file matches this pattern")
-                out.extend(matches)
-            elif not os.path.exists(item):
-                raise FileNotFoundError(f"{item}: data source not found")
-            else:
-                out.append(item)
-    return out
 
 
 def distributed_info() -> tuple[int, int]:
@@ -134,52 +79,6 @@ def resize_and_crop(image: Image.Image, size: int, rng: np.random.Generator) -> 
     y = int(rng.integers(0, new[1] - size + 1))
     crop = np.asarray(image.crop((x, y, x + size, y + size)), dtype=np.uint8)
     return torch.from_numpy(crop.copy()).permute(2, 0, 1).contiguous()
-
-
-def _decode(source: str | bytes, name: str, min_side: int, max_pixels: int | None, draft: bool) -> Image.Image:
-    """RGB image of ``source``; JPEGs decoded at the smallest DCT scale keeping the shorter side >=
-    ``min_side`` when ``draft``. Anything unusual falls back to :func:`load_image` (its errors)."""
-    if draft:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                    budget = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-                    if img.format == "JPEG" and 0 < img.width * img.height <= budget:
-                        img.draft("RGB", (min_side, min_side))
-                        img.load()
-                        return to_rgb(img)
-        except Exception:  # noqa: BLE001 - load_image below reports the failure properly
-            pass
-    try:
-        return load_image(source, max_pixels)
-    except ImageLoadError as err:
-        raise ImageLoadError(name, err.reason) from None
-
-
-@dataclass
-class _Shard:
-    """Image members of one tar file: names, data offsets and sizes, in tar order."""
-
-    path: str
-    names: list[str]
-    offsets: np.ndarray
-    sizes: np.ndarray
-
-
-def _index_shard(path: str, extensions: frozenset[str]) -> _Shard:
-    names, offsets, sizes = [], [], []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                base = os.path.basename(member.name)
-                if member.isfile() and not base.startswith(".") and os.path.splitext(base)[1].lower() in extensions:
-                    names.append(member.name)
-                    offsets.append(member.offset_data)
-                    sizes.append(member.size)
-    except (tarfile.TarError, OSError) as err:
-        log.warning("%s: cannot read tar shard after %d images (%s); using those", path, len(names), err)
-    return _Shard(path, names, np.asarray(offsets, dtype=np.int64), np.asarray(sizes, dtype=np.int64))
 
 
 class _EpochPlan:
@@ -264,9 +163,7 @@ class UnlabeledImages(torch.utils.data.IterableDataset):
 
     # --- listing ------------------------------------------------------------------------------------
 
-    def _list(self, exclude) -> tuple[list[str], list[_Shard], int]:
-        from ..scoring import iter_image_paths
-
+    def _list(self, exclude) -> tuple[list[str], list[ShardIndex], int]:
         extensions = image_extensions()
         files: dict[str, None] = {}
         shard_paths: list[str] = []
@@ -291,9 +188,9 @@ class UnlabeledImages(torch.utils.data.IterableDataset):
         shard_paths = list(dict.fromkeys(shard_paths))
         if len(shard_paths) > 1:
             with ThreadPoolExecutor(min(8, len(shard_paths))) as pool:
-                shards = list(pool.map(lambda p: _index_shard(p, extensions), shard_paths))
+                shards = list(pool.map(lambda p: index_shard(p, extensions), shard_paths))
         else:
-            shards = [_index_shard(p, extensions) for p in shard_paths]
+            shards = [index_shard(p, extensions) for p in shard_paths]
         return list(files), shards, excluded
 
     # --- state ----------------------------------------------------------------------------------------
@@ -333,13 +230,13 @@ class UnlabeledImages(torch.utils.data.IterableDataset):
         """The samples (or batches) of DataLoader worker ``worker`` of ``num_workers`` on this rank."""
         plan = _EpochPlan(self.seed, self.epoch, self.counts)
         k, world = self.batch_size or 1, self.world_size
-        handles: OrderedDict[int, object] = OrderedDict()
+        reader = ShardReader()
         try:
             for local in range(worker, self.batches_per_rank(), num_workers):
                 block = local * world + self.rank
                 lo = self.consumed + block * k
                 positions = range(lo, min(lo + k, self.num_samples))
-                loaded = [item for item in (self._load(plan, p, handles) for p in positions) if item is not None]
+                loaded = [item for item in (self._load(plan, p, reader) for p in positions) if item is not None]
                 if self.batch_size is None:
                     for key, x in loaded:
                         yield (key, x) if self.return_keys else x
@@ -349,10 +246,9 @@ class UnlabeledImages(torch.utils.data.IterableDataset):
                          else torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8))
                 yield (keys, batch) if self.return_keys else batch
         finally:
-            for f in handles.values():
-                f.close()
+            reader.close()
 
-    def _load(self, plan: _EpochPlan, position: int, handles: OrderedDict):
+    def _load(self, plan: _EpochPlan, position: int, reader: ShardReader):
         unit, index = plan.locate(position)
         key = f"position {position} of epoch {plan.epoch}"
         try:
@@ -364,8 +260,8 @@ class UnlabeledImages(torch.utils.data.IterableDataset):
                 shard = self.shards[shard_no]
                 member = plan.member(shard_no, index, len(shard.names))
                 key = f"{shard.path}:{shard.names[member]}"
-                source = self._read_member(shard_no, member, key, handles)
-            image = _decode(source, key, self.image_size, self.max_pixels, self.jpeg_draft)
+                source = reader.read(shard.path, int(shard.offsets[member]), int(shard.sizes[member]), key)
+            image = decode_image(source, key, self.image_size, self.max_pixels, self.jpeg_draft)
             rng = np.random.default_rng([self.seed, self.epoch, position])
             return key, resize_and_crop(image, self.image_size, rng)
         except ImageLoadError as err:
@@ -373,20 +269,3 @@ class UnlabeledImages(torch.utils.data.IterableDataset):
         except Exception as err:  # noqa: BLE001 - one odd image must never stop pretraining
             log.warning("skipped image: %s: %s: %s", key, type(err).__name__, err)
         return None
-
-    def _read_member(self, shard_no: int, member: int, key: str, handles: OrderedDict) -> bytes:
-        shard = self.shards[shard_no]
-        f = handles.pop(shard_no, None)
-        if f is None:
-            if len(handles) >= _OPEN_SHARDS:
-                handles.popitem(last=False)[1].close()
-            f = open(shard.path, "rb")
-        handles[shard_no] = f
-        size = int(shard.sizes[member])
-        f.seek(int(shard.offsets[member]))
-        data = f.read(size)
-        if len(data) < size:
-            raise ImageLoadError(key, f"tar member truncated ({len(data)} of {size} bytes)")
-        if not data:
-            raise ImageLoadError(key, "empty file (0 bytes)")
-        return data

@@ -188,7 +188,8 @@ class EffNetRidge(ComplexityModel):
     def extract_features(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
                          max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
         """Features of image files, ``(N, D)`` float32 with NaN rows where loading failed, and the errors."""
-        from ..scoring import progress_bar, iter_batches
+        from ..inputs import iter_batches
+        from ..progress import progress_bar
 
         out = np.full((len(paths), self.feature_dim), np.nan, dtype=np.float32)
         todo = [i for i, p in enumerate(paths) if p not in self._feature_cache]

@@ -31,7 +31,6 @@ What stays on one process: logging, progress bars and every file write happen on
 from __future__ import annotations
 
 import atexit
-import os
 from contextlib import nullcontext
 from typing import Any, Sequence
 
@@ -40,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..runtime import resolve_device
+from ..runtime import resolve_device, torchrun_env
 
 __all__ = ["Distributed", "current", "process_device", "shard", "loss_scale", "wrap_ddp", "GlobalBatchNorm",
            "convert_global_batchnorm", "revert_global_batchnorm", "all_gather_with_grad", "autocast",
@@ -48,7 +47,7 @@ __all__ = ["Distributed", "current", "process_device", "shard", "loss_scale", "w
 
 
 def _env_world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return torchrun_env().world_size
 
 
 def _initialized() -> bool:
@@ -60,7 +59,7 @@ def process_device(device: str | torch.device | None = "auto") -> torch.device:
     ``cuda:LOCAL_RANK`` (one GPU per process); otherwise :func:`pyica.runtime.resolve_device`."""
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None and _env_world() > 1:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        dev = torch.device("cuda", torchrun_env().local_rank)
     return dev
 
 
@@ -84,8 +83,9 @@ class Distributed:
             self.created = True
         if _initialized():
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
-            self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
-            self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+            env = torchrun_env()  # a group made without torchrun's variables: all ranks on this machine
+            self.local_rank = env.local_rank if env.world_size > 1 else self.rank
+            self.local_world = env.local_world_size if env.world_size > 1 else self.world
             self.backend = dist.get_backend()
         else:
             self.rank, self.world, self.local_rank, self.local_world, self.backend = 0, 1, 0, 1, None

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..progress import progress_bar
 from . import distributed
 from .resume import CHECKPOINT_FORMAT, CheckpointFile, plain, rng_state, set_rng_state
 
@@ -180,7 +181,7 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
         checkpoint: CheckpointFile | None = None, hooks: Any = None) -> LoopResult:
     """Train ``task`` for ``settings.epochs`` epochs (module doc); returns the history and the selection.
 
-    ``checkpoint``: where this fit's checkpoint lives (resumed from when it ``resume``\\ s). ``hooks``: an
+    ``checkpoint``: where this fit's checkpoint lives (read back when its ``resume`` is set). ``hooks``: an
     optional object with ``on_step(step, epoch, lr, loss, parts, batch)`` and ``on_checkpoint(state)``
     (e.g. pretraining's log file and run statistics)."""
     dist = distributed.current(device)
@@ -352,8 +353,6 @@ def _update(optimizer, scaler, task, settings: LoopSettings) -> None:
 
 
 def _progress(settings: LoopSettings, task, dist, epoch_done: int, epoch_step: int):
-    from ..scoring import progress_bar
-
     per_epoch = getattr(task, "steps_per_epoch", None)
     total = None
     if per_epoch:
@@ -361,7 +360,6 @@ def _progress(settings: LoopSettings, task, dist, epoch_done: int, epoch_step: i
         if settings.max_steps is not None:
             total = min(total, settings.max_steps)
         total -= epoch_done * per_epoch + epoch_step
-    bar = progress_bar(total, settings.progress and dist.main)
-    bar.unit = "step"
+    bar = progress_bar(total, settings.progress and dist.main, unit="step")
     bar.set_description(settings.description)
     return bar

@@ -202,7 +202,7 @@ def _default_workers(local_world: int) -> int:
 def _exclude_paths(manifest: str | None) -> set[str]:
     if not manifest:
         return set()
-    from ..scoring import iter_image_paths
+    from ..inputs import iter_image_paths
 
     if not Path(manifest).is_file():
         raise FileNotFoundError(f"{manifest}: exclude_manifest not found")

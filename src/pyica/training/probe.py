@@ -77,9 +77,10 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
+from ..inputs import iter_batches
 from ..metrics import selection_score
 from ..models.clicv2_probe import CLICv2Probe, encoder_fingerprint
-from ..scoring import iter_batches, progress_bar
+from ..progress import progress_bar
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .resume import FitCheckpoints, dataset_fingerprint

@@ -48,11 +48,12 @@ import torch
 from PIL import Image
 
 from ..data.dataset import ComplexityDataset, label_range
+from ..inputs import iter_batches
 from ..loading import load_image
 from ..metrics import selection_score
 from ..models.cmssa import CMSSA, alignment_scores
+from ..progress import progress_bar
 from ..runtime import default_num_workers
-from ..scoring import iter_batches, progress_bar
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .resume import FitCheckpoints, dataset_fingerprint

@@ -50,11 +50,12 @@ import numpy as np
 import torch
 
 from ..data.dataset import ComplexityDataset, label_range
+from ..inputs import iter_batches
 from ..metrics import selection_score
 from ..models.base import stack_collate
 from ..models.clicv2_probe import encoder_fingerprint
 from ..models.icnet import ICNet, ICNetConfig, ICNetModel
-from ..scoring import iter_batches, progress_bar
+from ..progress import progress_bar
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .probe import check_sgd_recipe, lr_factor
