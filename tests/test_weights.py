@@ -13,7 +13,7 @@ from pyica.models.clicv2_probe import CLICv2Probe, build_head, load_probe, rando
 from pyica.models.effnet_ridge import PRESETS, EffNetRidge, EffNetRidgeConfig, View, load_card, weights_path
 from pyica.models.icnet import ICNet, ICNetConfig, ICNetModel, load_icnet, save_icnet
 from pyica.models.vit import vit_config
-from pyica.weights import SCHEMA, WeightsError, load_weights, read_card, save_weights, sha256_file
+from pyica.weights import SCHEMA, WeightsError, load_weights, save_weights, sha256_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
