@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 from scipy import stats
 
 from pyica.analysis import per_category_correlations, tsne_plot
-from pyica.checkpoints import save_tensors
 from pyica.data.dataset import ComplexityDataset
 from pyica.evaluation import run_protocol
 from pyica.metrics import srcc
@@ -24,6 +24,7 @@ from pyica.models.clicv2_probe import (CLICv2Probe, ICNetHeadConfig, ICNetProbeH
 from pyica.models.vit import ViT, vit_config
 from pyica.registry import create_model, get_entry
 from pyica.training.probe import ProbeRecipe, ProbeTrainer, TokenCache, lr_factor
+from pyica.weights import sha256_file
 
 TINY = dict(dim=32, depth=2, heads=2)
 SMALL_ICNET = dict(width=16, map_size=8, slam_size=4, slam_hidden=8, score_hidden=8)
@@ -222,7 +223,8 @@ def test_save_load_roundtrip_and_damaged_file(tmp_path, encoder):
     trainer.fit_dataset(ds, None)
     path = tmp_path / "probe.safetensors"
     card = save_probe(trainer.model, path, {"training": {"dataset": "toy", "images": 8}, "metrics": {"srcc": 0.5}})
-    assert card["weights"]["sha256"] and card["head"]["kind"] == "icnet" and card["encoder"]["arch"] == "vit_tiny"
+    arch = card["architecture"]
+    assert card["weights"]["sha256"] and arch["arguments"]["head"]["kind"] == "icnet" and arch["encoder"]["arch"] == "vit_tiny"
     on_disk = json.loads(path.with_suffix(".json").read_text())
     assert on_disk["training"]["dataset"] == "toy" and on_disk["metrics"] == {"srcc": 0.5}
     images = [Image.open(p).convert("RGB") for p in ds.full_paths()]
@@ -251,7 +253,8 @@ def test_load_pretrained_encoder_card(tmp_path):
     enc = ViT(config.encoder_config())
     run = tmp_path / "run"
     run.mkdir()
-    sha = save_tensors(enc.state_dict(), run / "encoder.safetensors")
+    save_file(enc.state_dict(), run / "encoder.safetensors")  # an older run's card: no schema, sha256 only
+    sha = sha256_file(run / "encoder.safetensors")
     (run / "encoder.json").write_text(json.dumps({"method": "clicv2", "model": config.to_dict(),
                                                   "weights": {"sha256": sha}, "training": {"steps": 3}}))
     loaded, info = load_encoder(run)

@@ -100,7 +100,7 @@ def _probe_results(data: Path) -> dict:
 
 
 def _ridge_results(data: Path, out_dir: Path) -> dict:
-    from pyica.checkpoints import load_tensors
+    from pyica.weights import load_weights
     from pyica.data.manifest import write_manifest
     from pyica.training import distributed, fit_head
 
@@ -130,7 +130,7 @@ def _ridge_results(data: Path, out_dir: Path) -> dict:
     features, errors = models[0].extract_features(ds.full_paths(), num_workers=0)  # from the cache: no extraction
     assert not errors
     return {"features": torch.from_numpy(features), "alpha": card["architecture"]["ridge_alpha"],
-            "head": load_tensors(out_dir / "effnet_lite0_ridge.savoias.safetensors"),
+            "head": load_weights(out_dir / "effnet_lite0_ridge.savoias.safetensors")[0],
             "metrics": card["evaluation"]["metrics"]}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pyica.checkpoints import sha256_file
+from pyica.weights import sha256_file
 from pyica.data.dataset import ComplexityDataset
 from pyica.models.effnet import LongestSideResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf, SquareResize
 from pyica.models.effnet_ridge import PRESETS, EffNetRidge, EffNetRidgeConfig, View, load_card, weights_path
@@ -187,8 +187,8 @@ def test_damaged_shipped_weights_are_refused(tmp_path, monkeypatch):
 
     bad = tmp_path / f"{DEFAULT_MODEL}.safetensors"
     bad.write_bytes(weights_path(DEFAULT_MODEL).read_bytes()[:-1] + b" ")
+    bad.with_suffix(".json").write_bytes(weights_path(DEFAULT_MODEL).with_suffix(".json").read_bytes())
     monkeypatch.setattr(effnet_ridge, "weights_path", lambda name: bad)
-    monkeypatch.setattr(effnet_ridge, "load_card", lambda name: {"weights": {"sha256": sha256_file(weights_path(name))}})
     with pytest.raises(ValueError, match="sha256"):
         effnet_ridge.build_preset(DEFAULT_MODEL)
 

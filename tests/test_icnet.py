@@ -272,7 +272,7 @@ def test_train_config_writes_weights_and_card_that_score_and_map(tmp_path):
     assert main(["train", str(tmp_path / "icnet.json"), "--workers", "0", "--device", "cpu", "-q"]) == 0
     weights = tmp_path / "out" / "icnet.savoias.safetensors"
     card = json.loads(weights.with_suffix(".json").read_text())
-    assert card["method"] == "icnet" and card["architecture"]["config"] == {**TINY, "map_weight": 0.1}
+    assert card["architecture"]["name"] == "icnet" and card["architecture"]["arguments"] == {**TINY, "map_weight": 0.1}
     assert card["backbone"]["init"].startswith("random")
     assert card["training"]["images"] + card["training"]["validation_images"] == 12
     assert len(card["training"]["history"]) == 2 and card["training"]["selected_on"] in ("validation", "last epoch")

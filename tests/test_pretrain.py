@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from pyica.checkpoints import load_tensors
+from pyica.weights import load_weights
 from pyica.cli import main
 from pyica.data.streams import UnlabeledImages
 from pyica.inputs import expand_braces, expand_sources
@@ -276,8 +276,8 @@ def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(data, stop):
     for s in range(1, 11):
         assert resumed[s] == reference[s], s  # bitwise, not approximately
     assert second["final_loss"] == full["final_loss"]
-    a = load_tensors(tmp / "full" / pt.ENCODER)
-    b = load_tensors(tmp / "split" / pt.ENCODER)
+    a, _ = load_weights(tmp / "full" / pt.ENCODER)
+    b, _ = load_weights(tmp / "split" / pt.ENCODER)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -333,7 +333,8 @@ def test_checkpoint_loads_weights_only_and_the_encoder_and_card_exist(data):
                                                           "samples_per_epoch": 22}
     assert {"model", "optimizer", "rng"} <= set(ckpt) and {"generator", "scheduler"} <= set(ckpt["task"])
     card = json.loads((out / pt.CARD).read_text())
-    tensors = load_tensors(out / pt.ENCODER, sha256=card["weights"]["sha256"])
+    tensors, loaded_card = load_weights(out / pt.ENCODER)
+    assert loaded_card["weights"]["sha256"] == card["weights"]["sha256"]
     assert set(tensors) == set(Toy().encoder.state_dict())
     assert card["training"]["steps"] == 6 and card["training"]["samples_seen"] == 24
     assert card["training"]["final_loss"] == summary["final_loss"] and math.isfinite(summary["final_loss"])

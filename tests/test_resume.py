@@ -140,7 +140,7 @@ def test_cli_train_resume_continues_a_killed_cmssa_run(tmp_path, monkeypatch, to
     from test_cmssa import _toy_dataset
 
     import pyica.models.cmssa as cmssa_module
-    from pyica.checkpoints import load_tensors
+    from pyica.weights import load_weights
     from pyica.cli import main
     from pyica.data.manifest import write_manifest
 
@@ -177,7 +177,7 @@ def test_cli_train_resume_continues_a_killed_cmssa_run(tmp_path, monkeypatch, to
     assert train("killed", "--resume") == 0
     assert not checkpoints.exists()  # removed once the weights are written
     name = "cmssa_offline.lite2_minilm"
-    a, b = load_tensors(tmp_path / "whole" / f"{name}.safetensors"), load_tensors(tmp_path / "killed" / f"{name}.safetensors")
+    a, b = (load_weights(tmp_path / run / f"{name}.safetensors")[0] for run in ("whole", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     card_a = json.loads((tmp_path / "whole" / f"{name}.json").read_text())
     card_b = json.loads((tmp_path / "killed" / f"{name}.json").read_text())

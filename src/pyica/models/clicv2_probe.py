@@ -58,16 +58,16 @@ eval mode. :meth:`CLICv2Probe.probe_state_dict` holds the head's tensors only.
 Weights on disk (``save_probe`` / ``load_probe``)
 -------------------------------------------------
 We save **encoder and head in one safetensors file** (keys ``encoder.*`` and ``head.*``), with a
-JSON card beside it that has the same stem. This makes a probe self-contained: the random-encoder
+JSON card (:mod:`pyica.weights`, ``pyica.card/1``) beside it that has the same stem. This makes a probe self-contained: the random-encoder
 baseline has no encoder file to point to, and a probe cannot be paired with the wrong encoder. The
 cost is the encoder's size, about 22 MB for a ViT-Ti.
 
 The card records:
 
-* the encoder's ViT config;
-* where the encoder came from: the pretraining card's sha256, method, config and training summary,
-  or "random init" with its seed;
-* the head kind and config, and the preprocessing;
+* in ``architecture.arguments``: the encoder's ViT config and the head kind and config;
+* in ``architecture.encoder``: where the encoder came from: the pretraining card's sha256, method,
+  config and training summary, or "random init" with its seed;
+* the preprocessing;
 * whatever the caller adds (training data and recipe, metrics);
 * the sha256 of the safetensors file.
 
@@ -78,7 +78,6 @@ missing.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,7 +97,6 @@ __all__ = ["HEAD_KINDS", "ICNetHeadConfig", "SLAM", "ICNetProbeHead", "LinearPro
 
 HEAD_KINDS = ("icnet", "linear")
 LINEAR_POOLS = ("cls", "mean")
-_FORMAT = "pyica.clicv2_probe/1"
 
 
 # --- heads -----------------------------------------------------------------------------------------
@@ -308,25 +306,23 @@ def random_encoder(config: ViTConfig, seed: int = 0, arch: str | None = None) ->
 
 def load_encoder(path: str | Path) -> tuple[ViT, dict]:
     """The query encoder `pyica pretrain` wrote. ``path`` is ``encoder.safetensors`` or its run folder;
-    the card ``encoder.json`` beside it gives the config and the sha256, which is checked."""
-    from ..checkpoints import load_card_tensors
+    the card ``encoder.json`` beside it gives the config and the sha256 (checked by
+    :func:`pyica.weights.load_weights`)."""
+    from ..weights import card_path_of, load_weights
     from .clicv2 import CLICv2Config
 
     path = Path(path)
     if path.is_dir():
         path = path / "encoder.safetensors"
-    card_file = path.with_suffix(".json")
-    if not card_file.is_file():
-        raise FileNotFoundError(f"{card_file}: the card of {path.name} is missing (it holds the encoder's config)")
-    card = json.loads(card_file.read_text(encoding="utf-8"))
-    if card.get("method") != "clicv2":
-        raise ValueError(f"{card_file}: not a CLICv2 encoder card (method {card.get('method')!r})")
-    config = CLICv2Config(**card["model"]).encoder_config()
-    encoder = ViT(config)
-    encoder.load_state_dict(load_card_tensors(path, card, card_file))
-    training = card.get("training", {})
-    info = {"source": "clicv2 pretraining", "file": str(path), "sha256": card["weights"]["sha256"], "arch": card["model"].get("arch"),
-            "pretrain_config": card["model"],
+    state, card = load_weights(path)
+    arch = card["architecture"]
+    if arch.get("method") != "clicv2":
+        raise ValueError(f"{card_path_of(path)}: not a CLICv2 encoder card (method {arch.get('method')!r})")
+    encoder = ViT(CLICv2Config(**arch["arguments"]).encoder_config())
+    encoder.load_state_dict(state)
+    training = card.get("training") or {}
+    info = {"source": "clicv2 pretraining", "file": str(path), "sha256": card["weights"]["sha256"],
+            "arch": arch["arguments"].get("arch"), "pretrain_config": arch["arguments"],
             "pretraining": {k: training.get(k) for k in ("steps", "total_steps", "epochs_done", "samples_seen",
                                                          "global_batch", "peak_lr", "final_loss", "final_parts",
                                                          "finished", "seconds_total", "data")}}
@@ -336,47 +332,44 @@ def load_encoder(path: str | Path) -> tuple[ViT, dict]:
 # --- weights on disk -------------------------------------------------------------------------------
 
 def save_probe(model: CLICv2Probe, path: str | Path, card: dict | None = None) -> dict:
-    """Write encoder + head tensors to ``path`` (safetensors) and the card to ``path`` with ``.json``.
+    """Write encoder + head tensors to ``path`` and the card beside it (:func:`pyica.weights.save_weights`).
 
     ``card``: anything to record (training data, recipe, metrics); the architecture, preprocessing
-    and the file's sha256 are added. Returns the card.
+    and score range are added. Returns the card.
     """
-    from ..checkpoints import save_tensors
-    from ..version import __version__
-    from ..writers import write_json_atomic
+    from ..weights import save_weights
 
-    path = Path(path)
     tensors = {f"encoder.{k}": v for k, v in model.encoder.state_dict().items()}
     tensors.update(model.probe_state_dict())
-    sha = save_tensors(tensors, path, metadata={"format": _FORMAT})
-    full = {"name": f"clicv2_probe.{model.encoder_info.get('arch') or 'vit'}", "pyica_version": __version__,
-            **(card or {}), "format": _FORMAT, "method": "clicv2_probe", **model.describe(),
-            "weights": {"file": path.name, "sha256": sha, "format": "safetensors",
-                        "holds": "frozen encoder (encoder.*) and trained head (head.*)",
+    described = model.describe()
+    encoder = dict(described["encoder"])
+    full = {"name": f"clicv2_probe.{model.encoder_info.get('arch') or 'vit'}", **(card or {}),
+            "architecture": {"name": "clicv2_probe",
+                             "arguments": {"encoder": encoder.pop("config"), "head": described["head"]},
+                             "encoder": encoder},
+            "preprocessing": described["preprocessing"],
+            "score": {"range": list(model.score_range), "higher": "more complex", **(card or {}).get("score", {})},
+            "weights": {"holds": "frozen encoder (encoder.*) and trained head (head.*)",
                         "parameters": {"encoder": int(sum(p.numel() for p in model.encoder.parameters())),
                                        "head": int(sum(p.numel() for p in model.head.parameters()))}}}
-    write_json_atomic(path.with_suffix(".json"), full)
-    model.card = full
-    return full
+    model.card = save_weights(tensors, full, path)
+    return model.card
 
 
 def load_probe(path: str | Path) -> CLICv2Probe:
-    """A probe written by :func:`save_probe`, sha256-checked and loaded strictly, in eval mode."""
-    from ..checkpoints import load_card_tensors
+    """A probe written by :func:`save_probe`, through :func:`pyica.weights.load_weights` (sha256 checked),
+    loaded strictly, in eval mode."""
+    from ..weights import card_path_of, load_weights
 
     path = Path(path)
-    card_file = path.with_suffix(".json")
-    if not card_file.is_file():
-        raise FileNotFoundError(f"{card_file}: the card of {path.name} is missing (it says how to build the probe)")
-    card = json.loads(card_file.read_text(encoding="utf-8"))
-    if card.get("format") != _FORMAT:
-        raise ValueError(f"{card_file}: not a CLICv2 probe card (format {card.get('format')!r})")
-    state = load_card_tensors(path, card, card_file)
-    encoder_card = dict(card["encoder"])
-    encoder = ViT(ViTConfig(**encoder_card.pop("config")))
-    head_cfg = dict(card["head"])
+    state, card = load_weights(path)
+    arch = card["architecture"]
+    if arch["name"] != "clicv2_probe":
+        raise ValueError(f"{card_path_of(path)}: not a CLICv2 probe card (architecture {arch['name']!r})")
+    encoder = ViT(ViTConfig(**arch["arguments"]["encoder"]))
+    head_cfg = dict(arch["arguments"]["head"])
     kind, in_dim = head_cfg.pop("kind"), head_cfg.pop("in_dim")
-    model = CLICv2Probe(encoder, build_head(kind, in_dim, **head_cfg), encoder_card)
+    model = CLICv2Probe(encoder, build_head(kind, in_dim, **head_cfg), arch.get("encoder"))
     model.load_state_dict(state, strict=True)  # a tensor too many or too few is an error
     model.card = card
     return model.eval()
@@ -392,13 +385,13 @@ def _register() -> None:
             raise ValueError(f"{name} has no shipped weights: pretrain and probe one (benchmarks/clicv2_savoias.py "
                              "or pyica.training.probe) and pass the .safetensors with --weights")
         model = load_probe(weights)
-        arch = model.card.get("encoder", {}).get("arch")
+        arch = (model.card["architecture"].get("encoder") or {}).get("arch")
         if arch not in (None, "vit_tiny"):
             raise ValueError(f"{weights}: a probe on a {arch} encoder, not {name}'s vit_tiny")
         return model
 
     register_model(name, description="CLICv2 ViT-Ti encoder (frozen) with a trained ICNet-style or linear probing head",
-                   kind="learned", score_range=(0.0, 1.0), needs_weights=True,
+                   kind="learned", score_range=CLICv2Probe.score_range, needs_weights=True,
                    reference="Liu, Zhao, Chen, CLICv2 (ICNet head: Feng et al., IC9600, TPAMI 2022)")(build)
 
 

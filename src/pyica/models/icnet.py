@@ -67,15 +67,14 @@ to a PIL image; aspect ratio not kept), ``/255``, ImageNet mean/std. ``forward``
 
 Weights on disk
 ---------------
-``pyica train`` writes all tensors under our names (:func:`save_icnet`: safetensors + JSON card with the
-config, preprocessing, training data and protocol, metrics and sha256). :func:`load_icnet` reads such a
+``pyica train`` writes all tensors under our names (:func:`save_icnet`: safetensors + a ``pyica.card/1``
+card, :mod:`pyica.weights`, with the config, preprocessing, training data and protocol, metrics and sha256). :func:`load_icnet` reads such a
 pair (sha256 checked, strict), or an official checkpoint (``ck.pth`` through ``torch.load(weights_only=True)``,
 or a safetensors copy of it without a card), whose names it translates.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -100,7 +99,6 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_FORMAT = "pyica.icnet/1"
 
 #: SLAM sizes of the official ICNet: detail (layer1, layer2), context (layer1..layer4), heads (map, score).
 DETAIL_SLAM = (32, 32)
@@ -353,8 +351,9 @@ class ICNetModel(ComplexityModel):
     def describe(self) -> dict:
         """What the card says about the architecture and the preprocessing."""
         c = self.config
-        return {"architecture": {"name": "ICNet (Feng et al., TPAMI 2022), two ResNet-18 branches + SLAM, "
-                                         "map and score heads", "config": c.to_dict(),
+        return {"architecture": {"name": "icnet", "arguments": c.to_dict(),
+                                 "description": "ICNet (Feng et al., TPAMI 2022), two ResNet-18 branches + SLAM, "
+                                                "map and score heads",
                                  "official_sizes": c.official_sizes, "map": f"{c.map_size} x {c.map_size}",
                                  "parameters": int(sum(p.numel() for p in self.net.parameters()))},
                 "preprocessing": {"resize": f"{c.input_size}x{c.input_size} square, PIL bilinear (antialiased "
@@ -366,44 +365,35 @@ class ICNetModel(ComplexityModel):
 # --- weights on disk -------------------------------------------------------------------------------
 
 def save_icnet(model: ICNetModel, path: str | Path, card: dict | None = None) -> dict:
-    """Write every tensor (our names) to ``path`` (safetensors) and the card to ``path`` with ``.json``.
-    ``card``: what to record (training, evaluation, ...); architecture, preprocessing and sha256 are added."""
-    from ..checkpoints import save_tensors
-    from ..version import __version__
-    from ..writers import write_json_atomic
+    """Write every tensor (our names) to ``path`` and its card beside it (:func:`pyica.weights.save_weights`).
+    ``card``: what to record (training, evaluation, ...); architecture, preprocessing and score range are added."""
+    from ..weights import save_weights
 
-    path = Path(path)
-    tensors = model.net.state_dict()
-    sha = save_tensors(tensors, path, metadata={"format": _FORMAT})
-    full = {"name": "icnet", "pyica_version": __version__, **(card or {}), "format": _FORMAT, "method": "icnet",
-            **model.describe(),
-            "weights": {"file": path.name, "sha256": sha, "format": "safetensors", "names": "pyica (see "
-                        "pyica.models.icnet.pyica_to_official for the official ck.pth names)",
-                        "tensors": len(tensors)}}
-    write_json_atomic(path.with_suffix(".json"), full)
-    model.card = full
-    return full
+    full = {"name": "icnet", **(card or {}), **model.describe(),
+            "score": {"range": list(model.score_range), "higher": "more complex", **(card or {}).get("score", {})},
+            "weights": {"names": "pyica (see pyica.models.icnet.pyica_to_official for the official ck.pth names)"}}
+    model.card = save_weights(model.net.state_dict(), full, path)
+    return model.card
 
 
 def load_icnet(path: str | Path, config: ICNetConfig | None = None) -> ICNetModel:
-    """An ICNet from ``path``, in eval mode: our safetensors with its card beside it (sha256 checked), or
-    an official checkpoint (``ck.pth``, read with ``torch.load(weights_only=True)``; names translated).
-    Loading is strict: a tensor too many, too few or of the wrong shape raises.
+    """An ICNet from ``path``, in eval mode: our safetensors with its card beside it (through
+    :func:`pyica.weights.load_weights`: sha256 checked), or an official checkpoint (``ck.pth``, read with
+    ``torch.load(weights_only=True)``; names translated). Loading is strict: a tensor too many, too few
+    or of the wrong shape raises.
 
     ``config`` applies to a checkpoint without a card only (default: the official :class:`ICNetConfig`);
     e.g. ``ICNetConfig(input_size=256)`` runs the official weights at 256 px (cheaper, not what they
     were trained at). A card's config is always the one used."""
-    from ..checkpoints import load_card_tensors, sha256_file
+    from ..weights import card_path_of, load_weights, sha256_file
 
     path = Path(path)
-    card_file = path.with_suffix(".json")
-    if path.suffix == ".safetensors" and card_file.is_file():
-        card = json.loads(card_file.read_text(encoding="utf-8"))
-        if card.get("format") != _FORMAT:
-            raise ValueError(f"{card_file}: not an ICNet card (format {card.get('format')!r})")
-        state = load_card_tensors(path, card, card_file)
-        net = ICNet(ICNetConfig(**card["architecture"]["config"]))
-    else:
+    if path.suffix == ".safetensors" and card_path_of(path).is_file():
+        state, card = load_weights(path)
+        if card["architecture"]["name"] != "icnet":
+            raise ValueError(f"{card_path_of(path)}: not an ICNet card (architecture {card['architecture']['name']!r})")
+        net = ICNet(ICNetConfig(**card["architecture"]["arguments"]))
+    else:  # third-party weights (the official ck.pth): no card to check them against
         state = read_state_dict(path)
         official = _is_official(state)
         if official:
@@ -445,7 +435,7 @@ def _register() -> None:
 
         register_model(name, description=f"ICNet (two ResNet-18 branches, SLAM, map + score heads) trained on {label}; "
                                          "native 1/8-resolution complexity map", kind="learned",
-                       score_range=(0.0, 1.0), needs_weights=True,
+                       score_range=ICNetModel.score_range, needs_weights=True,
                        reference="Feng et al., IC9600: A Benchmark Dataset for Automatic Image Complexity "
                                  "Assessment, TPAMI 2022")(build)
 

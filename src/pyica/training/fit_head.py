@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import platform
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import load_tensors, save_tensors, sha256_file
 from ..data import load_dataset
 from ..evaluation import run_protocol
 from ..registry import create_model, get_entry
 from ..reports import CATEGORY_MEAN, POOLED, summarise
-from ..version import __version__
-from ..writers import write_json_atomic
+from ..weights import load_weights, save_weights, sha256_file
 from . import distributed
 
 __all__ = ["load_config", "train"]
@@ -145,10 +142,7 @@ def _train(config_path, *, root, output_dir, evaluate, verify, device, num_worke
     if verify:
         return _verify(model, ds, tensors, weights_file, config["tolerance"])
 
-    sha = save_tensors(tensors, weights_file, metadata={"model": name, "pyica_version": __version__})
-    card = _card(name, entry.description, model, ds, root, config, fit, evaluation, weights_file, sha, tensors)
-    write_json_atomic(weights_file.with_suffix(".json"), card)
-    return card
+    return save_weights(tensors, _card(name, entry.description, model, ds, root, config, fit, evaluation), weights_file)
 
 
 def evaluate_recipe(name: str, ds, trainer, ev: dict, *, num_workers=None, progress: bool = False) -> dict:
@@ -172,7 +166,7 @@ def headline_metrics(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 def _verify(model, ds, tensors: dict[str, torch.Tensor], weights_file: Path, tolerance: float) -> dict[str, Any]:
     """Compare a fresh fit with the shipped head on the scores of every image of ``ds``."""
-    shipped = load_tensors(weights_file)
+    shipped, _ = load_weights(weights_file)
     features, _ = model.extract_features(ds.full_paths())
     features = torch.from_numpy(features[~np.isnan(features).any(1)])
 
@@ -200,7 +194,9 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _card(name, description, model, ds, root, config, fit, evaluation, weights_file, sha, tensors) -> dict:
+def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
+    """The card of a fitted head (schema: :class:`pyica.weights.Card`); the weights entry, sha256 and
+    pyica version are :func:`~pyica.weights.save_weights`'s."""
     from ..models.effnet import backbone_weights_path
 
     views = model.config.views
@@ -210,9 +206,9 @@ def _card(name, description, model, ds, root, config, fit, evaluation, weights_f
     return {
         "name": name,
         "description": description,
-        "pyica_version": __version__,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "architecture": {
+            "name": "effnet_ridge",
+            "arguments": {"views": [{"variant": v.variant, "resize": v.resize, "size": v.size} for v in views]},
             "backbones": [{
                 "name": f"EfficientNet-{variant.capitalize()} (efficientnet_lite_pytorch), frozen, "
                         "BatchNorm folded into the convolutions",
@@ -234,7 +230,7 @@ def _card(name, description, model, ds, root, config, fit, evaluation, weights_f
             "normalisation": "(x - 127) / 128 on 0..255 values",
         },
         "score": {
-            "range": [0.0, 1.0], "higher": "more complex",
+            "range": list(model.score_range), "higher": "more complex",
             "meaning": "predicted SAVOIAS score / 100, squashed into (0, 1) keeping the order near the ends; "
                        "SAVOIAS scores rank images "
                        "inside one category, so compare scores of similar images",
@@ -261,6 +257,4 @@ def _card(name, description, model, ds, root, config, fit, evaluation, weights_f
                           "categories (e.g. medical, satellite, screenshots, text documents); nothing "
                           "was fine-tuned end to end. Scores on other domains are extrapolation.",
         "evaluation": evaluation,
-        "weights": {"file": weights_file.name, "sha256": sha, "format": "safetensors",
-                    "tensors": {k: list(v.shape) for k, v in tensors.items()}},
     }

@@ -60,8 +60,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import save_tensors
-from ..writers import replace_atomically, write_json_atomic
+from ..weights import save_weights
+from ..writers import replace_atomically
 from . import loop
 from .distributed import Distributed
 from .fit_head import read_json_config
@@ -460,25 +460,16 @@ def _check_compatible(data: dict, global_batch: int, num_samples: int, seed: int
 
 def _write_encoder(model, cfg, stream, summary, dist, device, started, steps_per_epoch, warmup_steps, peak_lr,
                    global_batch) -> dict:
-    from ..version import __version__
-
     out = Path(cfg["output_dir"])
     encoder = getattr(model, "encoder", None)
     if encoder is None:
         raise AttributeError(f"{type(model).__name__} has no .encoder to save")
     tensors = {k: v.detach().to("cpu", copy=True) for k, v in encoder.state_dict().items()}
-    sha = save_tensors(tensors, out / ENCODER, metadata={"format": "pyica.pretrained_encoder",
-                                                         "method": str(cfg["method"]), "pyica_version": __version__})
     card = {
         "name": f"{cfg['method']}_encoder",
-        "pyica_version": __version__,
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "method": cfg["method"],
-        "model": cfg["model"],
-        "encoder_class": type(encoder).__name__,
+        "architecture": {"name": f"{cfg['method']}_encoder", "method": cfg["method"], "arguments": cfg["model"],
+                         "class": type(encoder).__name__},
         "parameters": int(sum(t.numel() for t in tensors.values())),
-        "weights": {"file": ENCODER, "sha256": sha, "format": "safetensors",
-                    "tensors": {k: list(v.shape) for k, v in tensors.items()}},
         "training": {
             "finished": summary["finished"], "steps": summary["steps"], "total_steps": summary["total_steps"],
             "steps_per_epoch": steps_per_epoch, "warmup_steps": warmup_steps, "epochs_done": summary["epochs_done"],
@@ -493,7 +484,7 @@ def _write_encoder(model, cfg, stream, summary, dist, device, started, steps_per
             "config": cfg, "log": LOG, "checkpoint": CHECKPOINT,
         },
         "use": "the frozen query encoder for probing (e.g. inside an ICNet head); load with "
-               "pyica.checkpoints.load_tensors(path, sha256) and the model's encoder.load_state_dict",
+               "pyica.models.clicv2_probe.load_encoder (pyica.weights.load_weights checks the sha256)",
     }
-    write_json_atomic(out / CARD, card)
+    sha = save_weights(tensors, card, out / ENCODER)["weights"]["sha256"]
     return {"encoder": str(out / ENCODER), "card": str(out / CARD), "encoder_sha256": sha}

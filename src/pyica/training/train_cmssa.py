@@ -528,7 +528,6 @@ def _train_from_config(config_path, dist: distributed.Distributed, *, root, outp
     from ..data import load_dataset
     from ..data.splits import carve_validation
     from ..models.cmssa import CMSSAConfig, build_encoders, save_cmssa
-    from ..version import __version__
     from .fit_head import evaluate_recipe, load_config
 
     config = load_config(config_path)
@@ -566,12 +565,11 @@ def _train_from_config(config_path, dist: distributed.Distributed, *, root, outp
     val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
     train_idx, val_idx = carve_validation(ds, everything, val_fraction, seed=recipe.seed)
     fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
-    card = {"name": config["model"], "pyica_version": __version__, "encoders": encoder_spec,
+    card = {"name": config["model"], "encoders": encoder_spec,
             "preprocessing": {"patches": f"shorter side resized to {cmssa_config.eval_short_side} px (bicubic), "
                                          f"{cmssa_config.patch_size}-px patches every {cmssa_config.patch_stride} px, "
                                          f"at most {cmssa_config.max_patches}; score = mean patch score"},
-            "score": {"range": [0.0, 1.0], "higher": "more complex",
-                      "meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
+            "score": {"meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
             "training": {"dataset": ds.name, "images": fit["n_train"], "recipe": recipe.to_dict(),
                          "processes": dist.world, "best_epoch": fit["best_epoch"], "selected_on": fit["selected_on"],
                          "captions": config.get("captions"), "config_file": config["config_file"],

@@ -317,12 +317,11 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
     init) and ``keep_checkpoints`` (default false: the per-fit checkpoints under ``output_dir/checkpoints``
     are deleted once the weights and card are written). ``resume`` continues interrupted fits.
     """
-    from ..checkpoints import sha256_file
     from ..data import load_dataset
     from ..data.splits import carve_validation
     from ..models.icnet import save_icnet
     from ..models.resnet import read_state_dict
-    from ..version import __version__
+    from ..weights import sha256_file
     from .fit_head import evaluate_recipe, load_config
 
     config = load_config(config_path)
@@ -360,10 +359,8 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
     train_idx, val_idx = carve_validation(ds, np.arange(len(ds)), val_fraction, seed=recipe.seed)
     fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
     labels = Path(root or "") / "labels.csv"
-    card = {"name": config["model"], "pyica_version": __version__, "note": config.get("note"),
-            "backbone": backbone,
-            "score": {"range": [0.0, 1.0], "higher": "more complex",
-                      "meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
+    card = {"name": config["model"], "note": config.get("note"), "backbone": backbone,
+            "score": {"meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
             "training": {"dataset": ds.name, "images": fit["n_train"], "validation_images": len(val_idx),
                          "labels_sha256": sha256_file(labels) if root and labels.is_file() else None,
                          "augmentation": "horizontal flip p=0.5" if recipe.hflip else "none",

@@ -1,0 +1,227 @@
+"""Weights on disk: one safetensors file and one JSON card of one versioned schema, for every model.
+
+Every pyica weights file ``<stem>.safetensors`` (plain tensors, no pickled code) has a card
+``<stem>.json`` beside it. The card follows :class:`Card` (``"schema": "pyica.card/1"``): name,
+architecture and the arguments that rebuild it, preprocessing, score range and direction, training
+data and protocol, measured metrics, the weights file's sha256 and the pyica version that wrote it.
+
+:func:`save_weights` is the only writer, :func:`load_weights` the only reader: it validates the card,
+checks the sha256 (a truncated or swapped file fails loudly instead of scoring wrongly) and returns
+tensors and card. Cards written before this schema (four family-specific layouts) are converted in
+memory by :func:`upgrade_legacy_card`, so weights already on disk, the shipped ones included, keep
+loading unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .version import __version__
+from .writers import replace_atomically, write_json_atomic
+
+__all__ = ["SCHEMA", "WeightsError", "Card", "sha256_file", "card_path_of", "save_weights", "read_card",
+           "load_weights", "upgrade_legacy_card"]
+
+SCHEMA = "pyica.card/1"
+
+
+class WeightsError(ValueError):
+    """A weights file or card that cannot be used; the message is one line naming the file."""
+
+
+# --- the schema ------------------------------------------------------------------------------------
+
+class _Open(BaseModel):
+    # family-specific details (backbones, history, ...) ride along; the named fields are checked
+    model_config = ConfigDict(extra="allow")
+
+
+class Architecture(_Open):
+    name: str  # the model family: effnet_ridge, cmssa, icnet, clicv2_probe, clicv2_encoder
+    arguments: dict[str, Any]  # what the family's builder needs to rebuild the network
+
+
+class Score(_Open):
+    range: tuple[float, float] | None
+    higher: Literal["more complex", "less complex"] = "more complex"
+    meaning: str | None = None
+
+
+class WeightsFile(_Open):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    format: Literal["safetensors"] = "safetensors"
+
+
+class Card(_Open):
+    card_schema: Literal["pyica.card/1"] = Field(alias="schema")
+    name: str
+    description: str | None = None
+    pyica_version: str
+    created_utc: str | None = None
+    architecture: Architecture
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    score: Score | None = None  # None: not a scorer (a pretrained encoder)
+    training: dict[str, Any] | None = None  # data and protocol
+    evaluation: dict[str, Any] | None = None  # measured metrics and the protocol that measured them
+    licence: str | None = None  # of third-party weights inside the file, where that applies
+    weights: WeightsFile
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as its JSON file holds it (anything JSON lacks, e.g. a numpy float32, as a string,
+        as cards were always written)."""
+        return json.loads(json.dumps(self.model_dump(by_alias=True), default=str))
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def card_path_of(path: str | os.PathLike) -> Path:
+    """The card of a weights file (or the card itself): same stem, ``.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def _validate(raw: Any, card_file: Path) -> Card:
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{card_file}: a card must be a JSON object, not {type(raw).__name__}")
+    if "schema" not in raw:
+        raw = upgrade_legacy_card(raw, card_file)
+    elif raw["schema"] != SCHEMA:
+        raise WeightsError(f"{card_file}: unknown card schema {raw['schema']!r} (this pyica {__version__} reads "
+                           f"{SCHEMA!r}; a newer pyica may have written it)")
+    try:
+        return Card.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "card"
+        raise WeightsError(f"{card_file}: malformed card: {where}: {first['msg']}"
+                           + (f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else "")) from None
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated card of ``path`` (a weights file or its card) as a dict in the current schema."""
+    card_file = card_path_of(path)
+    if not card_file.is_file():
+        raise FileNotFoundError(f"{card_file}: the card of {Path(path).with_suffix('.safetensors').name} is "
+                                "missing (it says how to build the model and holds the weights' sha256)")
+    try:
+        raw = json.loads(card_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{card_file}: not valid JSON ({e})") from None
+    return _validate(raw, card_file).to_dict()
+
+
+def save_weights(tensors: dict[str, torch.Tensor], card: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Write ``tensors`` to ``path`` (safetensors) and ``card`` beside it (``.json``), each atomically.
+
+    ``card`` holds everything but the ``weights`` entry's file, sha256, format and tensor shapes, the
+    schema and the pyica version, which are filled in here (other ``weights`` keys, e.g. ``holds``, are
+    kept). It is validated before anything is written. Returns the card as written."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    card_file = card_path_of(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    card = {"schema": SCHEMA, "pyica_version": __version__,
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), **card}
+    card["weights"] = {**card.get("weights", {}), "file": path.name, "sha256": "0" * 64, "format": "safetensors",
+                       "tensors": {k: list(v.shape) for k, v in tensors.items()}}
+    _validate(card, card_file)  # a bad card fails before the weights are touched
+    metadata = {"schema": SCHEMA, "name": str(card["name"]), "pyica_version": __version__}
+    replace_atomically(path, lambda temp: save_file(tensors, temp, metadata=metadata), suffix=".safetensors")
+    card["weights"]["sha256"] = sha256_file(path)
+    card = _validate(card, card_file).to_dict()
+    write_json_atomic(card_file, card)
+    return card
+
+
+def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, card)`` of a weights file (or its card): the card validated (older layouts
+    upgraded), the file's sha256 checked against it, the tensors on the CPU."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    weights_file = path.with_suffix(".safetensors") if path.suffix == ".json" else path
+    card = read_card(weights_file)
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file}: weights file not found")
+    actual, recorded = sha256_file(weights_file), card["weights"]["sha256"]
+    if actual != recorded:
+        raise WeightsError(f"{weights_file}: sha256 {actual} does not match the card's {recorded}; "
+                           "the file is damaged or not the one the card describes")
+    try:
+        return load_file(str(weights_file)), card
+    except SafetensorError as e:
+        raise WeightsError(f"{weights_file}: not a readable safetensors file ({e})") from None
+
+
+# --- cards written before the schema ---------------------------------------------------------------
+
+def upgrade_legacy_card(raw: dict[str, Any], card_file: str | os.PathLike) -> dict[str, Any]:
+    """A card of one of the four layouts pyica wrote before ``pyica.card/1`` (default-model heads,
+    CM-SSA, ICNet, CLICv2 probe; plus the CLICv2 pretrained encoder), in the current schema.
+
+    Only moves fields: nothing is recomputed, and the recorded sha256 is the one checked."""
+    card_file = Path(card_file)
+    try:
+        return _upgrade(dict(raw), card_file)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{card_file}: malformed card of an older layout (missing or wrong {e})") from None
+
+
+def _upgrade(card: dict[str, Any], card_file: Path) -> dict[str, Any]:
+    weights = {"file": card_file.with_suffix(".safetensors").name, **(card.pop("weights", None) or {})}
+    if not weights.get("sha256"):
+        raise WeightsError(f"{card_file}: records no sha256 for {weights['file']}")
+    fmt, method = card.pop("format", None), card.get("method")
+    if fmt == "pyica.icnet/1":
+        card.pop("method", None)
+        arch = dict(card["architecture"])
+        card["architecture"] = {"name": "icnet", "arguments": arch.pop("config"), "description": arch.pop("name"),
+                                **arch}
+        card.setdefault("score", {"range": [0.0, 1.0], "higher": "more complex"})
+    elif fmt == "pyica.clicv2_probe/1":
+        card.pop("method", None)
+        encoder, head = dict(card.pop("encoder")), card.pop("head")
+        card["architecture"] = {"name": "clicv2_probe", "arguments": {"encoder": encoder.pop("config"), "head": head},
+                                "encoder": encoder}
+        card.setdefault("score", {"range": [0.0, 1.0], "higher": "more complex"})
+    elif method == "cmssa":
+        card.pop("method")
+        card["architecture"] = {"name": "cmssa", "arguments": {"encoders": card.pop("encoders"),
+                                                               "config": card.pop("config")}}
+    elif "model" in card and method is not None:  # `pyica pretrain`'s encoder card
+        card.pop("method")
+        card["architecture"] = {"name": f"{method}_encoder", "method": method, "arguments": card.pop("model"),
+                                **({"class": card.pop("encoder_class")} if "encoder_class" in card else {})}
+        card.setdefault("name", f"{method}_encoder")
+    elif "ridge_alpha" in (card.get("architecture") or {}):
+        views = (card.get("preprocessing") or {}).get("views", [])
+        card["architecture"] = {"name": "effnet_ridge", **card["architecture"],
+                                "arguments": {"views": [{"variant": v["backbone"], "resize": v["resize"],
+                                                         "size": v["size"]} for v in views]}}
+    else:
+        raise WeightsError(f"{card_file}: a card without a schema and of no known older layout")
+    card.setdefault("name", card_file.stem)
+    card.setdefault("pyica_version", "unknown")
+    card["weights"] = weights
+    card["schema"] = SCHEMA
+    return card
