@@ -392,37 +392,25 @@ def icnet_plan(name: str, args) -> Plan:
             return Plan(name, "fixed", variant=f"weights {args.icnet_weights.name}", reason=caveat,
                         build=lambda: create_model(name, device=args.device, weights=str(args.icnet_weights)))
     if name == "icnet.savoias" and args.include_slow:
-        from pyica.training.fit_head import load_config
-        from pyica.training.train_icnet import ICNetRecipe, ICNetTrainer
+        from pyica.training.trainers import TrainOptions, build_trainer, load_config
 
         config = load_config(args.icnet_config)
         net_config = ICNetConfig(**config.get("icnet", {}))
-        recipe = ICNetRecipe(**{**config.get("recipe", {}), "device": args.device,
-                                **({"num_workers": args.workers} if args.workers is not None else {})})
-
-        backbone = None
-        if config.get("pretrained_backbone"):  # as pyica train: both branches start from these weights
-            from pyica.models.resnet import read_state_dict
-
-            backbone_file = (Path(args.icnet_config).parent / config["pretrained_backbone"]).resolve()
-            backbone = read_state_dict(backbone_file)
-
-        def network() -> ICNetModel:
-            net = ICNet(net_config)
-            if backbone is not None:
-                net.load_backbone(backbone)
-            return ICNetModel(net)
-
         # a config that keeps its checkpoints shares pyica train's folder, so a fit it already made is reused
         checkpoint_dir = (Path(config["output_dir"]) / "checkpoints"
                           if config.get("keep_checkpoints") and config.get("output_dir")
                           else args.work_dir / "icnet-checkpoints")
+        options = TrainOptions(device=args.device, num_workers=args.workers, progress=False, resume=True)
 
         def build():
-            torch.manual_seed(recipe.seed)
-            return ICNetTrainer(network, recipe, name=name, checkpoint_dir=checkpoint_dir, resume=True)
+            trainer = build_trainer(config, None, options, checkpoint_dir=checkpoint_dir)
+            trainer.name = name
+            torch.manual_seed(trainer.recipe.seed)
+            return trainer
 
-        init = (f"backbone {backbone_file.name}" if backbone is not None
+        recipe = build_trainer(config, None, options).recipe
+        backbone_file = Path(config["pretrained_backbone"]) if config.get("pretrained_backbone") else None
+        init = (f"backbone {backbone_file.name}" if backbone_file is not None
                 else "random init: no ImageNet ResNet-18 exists offline")
         return Plan(name, "trainer", variant=f"{net_config.input_size} px, {recipe.epochs} epochs, {init}",
                     build=build, cost_model=lambda: ICNetModel(ICNet(net_config)), splits=args.slow_splits,

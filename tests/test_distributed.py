@@ -7,7 +7,7 @@ process alone, and compares:
 * probes (linear head: BatchNorm1d; ICNet-style head: BatchNorm2d), global batch 4 = 2 x 2, with
   flips and a validation part choosing the epoch;
 * the default model: features extracted in strided shares and gathered, then the ridge head that
-  rank 0 fits and writes (``pyica.training.fit_head.train``).
+  rank 0 fits and writes (``pyica.training.trainers.train_config``).
 
 and, marked slow, a tiny offline CM-SSA with both branches (the in-batch caption softmax over the
 gathered global batch, the trainable BatchNorm ``image_norm``), Adam.
@@ -103,6 +103,7 @@ def _ridge_results(data: Path, out_dir: Path) -> dict:
     from pyica.weights import load_weights
     from pyica.data.manifest import write_manifest
     from pyica.training import distributed, fit_head
+    from pyica.training.trainers import TrainOptions, train_config
 
     dist = distributed.current("cpu")
     config_path = data / f"config_{out_dir.name}.json"
@@ -123,7 +124,8 @@ def _ridge_results(data: Path, out_dir: Path) -> dict:
 
     fit_head.create_model = keep
     try:
-        card = fit_head.train(config_path, output_dir=str(out_dir), device="cpu", num_workers=0, progress=False)
+        card = train_config(config_path, TrainOptions(output_dir=str(out_dir), device="cpu", num_workers=0,
+                                                      progress=False))
     finally:
         fit_head.create_model = create
     assert len(models) == 1

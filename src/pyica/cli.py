@@ -465,29 +465,11 @@ def _main_rank() -> bool:
 
 
 def cmd_train(args) -> int:
-    from .training.fit_head import read_json_config, train
+    from .training.trainers import TrainOptions, train_config
 
-    if read_json_config(args.config).get("method") == "icnet":
-        from .training.train_icnet import train_from_config as train_icnet
-
-        card = train_icnet(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
-                           device=args.device, num_workers=args.workers, progress=not args.quiet,
-                           resume=args.resume)
-        print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
-        return 0
-
-    if read_json_config(args.config).get("method") == "cmssa":
-        from .training.train_cmssa import train_from_config
-
-        card = train_from_config(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
-                                 device=args.device, num_workers=args.workers, progress=not args.quiet,
-                                 resume=args.resume)
-        if _main_rank():
-            print(json.dumps({k: card[k] for k in ("name", "evaluation", "weights")}, indent=2))
-        return 0
-
-    result = train(args.config, root=args.root, output_dir=args.output_dir, evaluate=args.evaluate,
-                   verify=args.verify, device=args.device, num_workers=args.workers, progress=not args.quiet)
+    result = train_config(args.config, TrainOptions(
+        root=args.root, output_dir=args.output_dir, evaluate=args.evaluate, verify=args.verify, device=args.device,
+        num_workers=args.workers, progress=not args.quiet, resume=args.resume))
     if not _main_rank():  # under torchrun only rank 0 reports
         return 0 if not args.verify or result["reproduced"] else 1
     if args.verify:
@@ -499,6 +481,7 @@ def cmd_train(args) -> int:
             m = metrics[scope]
             print(f"{scope}: SRCC {m['srcc_mean']:.3f} ± {m['srcc_std']:.3f}, PLCC {m['plcc_mean']:.3f} ± "
                   f"{m['plcc_std']:.3f} over {m['n_splits']} splits", file=sys.stderr)
+    print(json.dumps({k: result.get(k) for k in ("name", "evaluation", "weights")}, indent=2))
     print(f"pyica: wrote {result['weights']['file']} (sha256 {result['weights']['sha256'][:12]}...) and its card",
           file=sys.stderr)
     return 0

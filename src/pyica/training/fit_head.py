@@ -1,4 +1,5 @@
-"""``pyica train CONFIG``: fit a frozen-feature model's head and write its weights and card.
+"""``"method": "ridge"`` of ``pyica train CONFIG`` (:mod:`pyica.training.trainers`): fit a frozen-feature
+model's head and write its weights and card.
 
 A config is a JSON file (see ``configs/``)::
 
@@ -27,9 +28,7 @@ There are no epochs, hence nothing to checkpoint: ``--resume`` has no effect her
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -38,70 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data import load_dataset
-from ..evaluation import run_protocol
 from ..registry import create_model, get_entry
-from ..reports import CATEGORY_MEAN, POOLED, summarise
 from ..weights import load_weights, save_weights, sha256_file
 from . import distributed
+from .trainers import Method
 
-__all__ = ["load_config", "train"]
+__all__ = ["METHOD", "extract_in_shares"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_EVALUATION = {"protocol": "random", "n_splits": 10, "seed": 0, "test_fraction": 0.2, "val_fraction": 0.1}
-
-
-def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON config file as a dict, with errors that name the file (shared by every `pyica` trainer)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training config; ``root`` and ``output_dir`` are resolved against the config's folder."""
-    path = Path(path)
-    config = read_json_config(path)
-    missing = [key for key in ("model", "dataset") if key not in config]
-    if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}")
-    for key in ("root", "output_dir"):
-        if config.get(key):
-            config[key] = str((path.parent / config[key]).resolve())
-    if (path.parent / config["dataset"]).exists():  # a manifest or folder rather than a dataset name
-        config["dataset"] = str((path.parent / config["dataset"]).resolve())
-    config["evaluation"] = {**DEFAULT_EVALUATION, **config.get("evaluation", {})} if config.get("evaluation", True) else None
-    config.setdefault("tolerance", 1e-4)
-    config["config_file"] = path.name
-    return config
-
-
-def train(config_path: str | os.PathLike, *, root: str | None = None, output_dir: str | None = None,
-          evaluate: bool = True, verify: bool = False, device: str = "auto", num_workers: int | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Run a config; returns the card (written unless ``verify``). Under torchrun every process
-    extracts its share of the features and rank 0 does the rest (module doc); every process
-    returns rank 0's result."""
-    with distributed.Distributed(device) as dist:
-        if dist.world == 1:
-            return _train(config_path, root=root, output_dir=output_dir, evaluate=evaluate, verify=verify,
-                          device=dist.device, num_workers=num_workers, progress=progress)
-        config = load_config(config_path)
-        ds = load_dataset(config["dataset"], root=root or config.get("root"))
-        model = create_model(config["model"], device=dist.device, fitted=False)
-        if not callable(getattr(model, "extract_features", None)) or not callable(getattr(model, "add_features", None)):
-            raise ValueError(f"{config['model']!r} cannot share feature extraction between processes")
-        extract_in_shares(model, ds.full_paths(), dist, num_workers=num_workers, progress=progress)
-        result = None
-        if dist.main:
-            result = _train(config_path, root=root, output_dir=output_dir, evaluate=evaluate, verify=verify,
-                            device=dist.device, num_workers=num_workers, progress=progress, model=model)
-        return dist.broadcast_object(result)  # the other processes wait here for rank 0
 
 
 def extract_in_shares(model, paths: list[str], dist: "distributed.Distributed", *, batch_size: int = 32,
@@ -116,52 +59,6 @@ def extract_in_shares(model, paths: list[str], dist: "distributed.Distributed", 
     gathered = dist.all_gather_dict({mine[j]: feats[j] for j in np.flatnonzero(ok)})
     model.add_features({paths[i]: row for i, row in gathered.items()})
     return {k: v for part in dist.all_gather_object(errors) for k, v in part.items()}
-
-
-def _train(config_path, *, root, output_dir, evaluate, verify, device, num_workers, progress, model=None) -> dict[str, Any]:
-    config = load_config(config_path)
-    name = config["model"]
-    entry = get_entry(name)
-    root = root or config.get("root")
-    ds = load_dataset(config["dataset"], root=root)
-    if model is None:
-        model = create_model(name, device=device, fitted=False)
-    if not callable(getattr(model, "fit_dataset", None)):
-        raise ValueError(f"{name!r} has no fit_dataset; `pyica train` fits frozen-feature heads")
-
-    evaluation = None
-    if evaluate and config["evaluation"] and not verify:
-        log.info("evaluating the recipe: %s", config["evaluation"])
-        evaluation = evaluate_recipe(name, ds, model, config["evaluation"], num_workers=num_workers, progress=progress)
-
-    log.info("fitting on all %d images of %s", len(ds), ds.name)
-    fit = model.fit_dataset(ds, None, num_workers=num_workers, progress=progress)
-    tensors = model.head_tensors()
-    out_dir = Path(output_dir or config.get("output_dir") or ".")
-    weights_file = out_dir / f"{name}.safetensors"
-    if verify:
-        return _verify(model, ds, tensors, weights_file, config["tolerance"])
-
-    return save_weights(tensors, _card(name, entry.description, model, ds, root, config, fit, evaluation), weights_file)
-
-
-def evaluate_recipe(name: str, ds, trainer, ev: dict, *, num_workers=None, progress: bool = False) -> dict:
-    """Run a config's ``evaluation`` block (protocol, splits, seed, fractions) with ``trainer`` refitted per
-    split; the card's ``evaluation`` entry. Shared by every trainer behind `pyica train`."""
-    result = run_protocol(name, ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"], seed=ev["seed"],
-                          test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
-                          num_workers=num_workers, progress=progress)
-    return {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
-
-
-def headline_metrics(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean and std over splits of SRCC/PLCC, per category, category mean and pooled."""
-    out = {}
-    for row in summarise(rows):
-        out[row["category"]] = {k: round(row[k], 4) for k in ("srcc_mean", "srcc_std", "plcc_mean", "plcc_std")}
-        out[row["category"]]["n_splits"] = row["n_splits"]
-    order = [CATEGORY_MEAN, POOLED] + sorted(set(out) - {CATEGORY_MEAN, POOLED})
-    return {k: out[k] for k in order if k in out}
 
 
 def _verify(model, ds, tensors: dict[str, torch.Tensor], weights_file: Path, tolerance: float) -> dict[str, Any]:
@@ -258,3 +155,35 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
                           "was fine-tuned end to end. Scores on other domains are extrapolation.",
         "evaluation": evaluation,
     }
+
+
+# --- `pyica train CONFIG` for "method": "ridge" (pyica.training.trainers) -----------------------------
+
+def _build(config: dict, ds, options, dist, out_dir):  # noqa: ARG001
+    model = create_model(config["model"], device=dist.device, fitted=False)
+    if not callable(getattr(model, "fit_dataset", None)):
+        raise ValueError(f"{config['model']!r} has no fit_dataset; method 'ridge' fits frozen-feature heads")
+    return model
+
+
+def _share(model, ds, dist, options) -> None:
+    if not callable(getattr(model, "extract_features", None)) or not callable(getattr(model, "add_features", None)):
+        raise ValueError(f"{type(model).__name__} cannot share feature extraction between processes")
+    extract_in_shares(model, ds.full_paths(), dist, num_workers=options.num_workers, progress=options.progress)
+
+
+def _card_of(model, fit, config, ds, evaluation, dist) -> dict:  # noqa: ARG001
+    name = config["model"]
+    return _card(name, get_entry(name).description, model, ds, config.get("root"), config, fit, evaluation)
+
+
+def _save(model, card: dict, path: Path) -> dict:
+    return save_weights(model.head_tensors(), card, path)
+
+
+def _verify_fit(model, ds, config: dict, weights_file: Path) -> dict:
+    return _verify(model, ds, model.head_tensors(), weights_file, config["tolerance"])
+
+
+METHOD = Method(build=_build, card=_card_of, save=_save, final_validation=False, every_rank_trains=False,
+                share=_share, verify=_verify_fit, checkpoints=False)

@@ -57,8 +57,9 @@ from ..runtime import default_num_workers
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .resume import FitCheckpoints, dataset_fingerprint
+from .trainers import Method
 
-__all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup"]
+__all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup", "METHOD"]
 
 log = logging.getLogger(__name__)
 
@@ -509,75 +510,53 @@ def captions_for(config: dict, ds: ComplexityDataset, out_dir: Path, device: str
     return load_captions(target)
 
 
-def train_from_config(config_path, *, root: str | None = None, output_dir: str | None = None, evaluate: bool = True,
-                      device: str = "auto", num_workers: int | None = None, progress: bool = True,
-                      resume: bool = False) -> dict:
-    """Evaluate the recipe under the config's protocol, train on the whole dataset (epoch chosen on a
-    carved-out validation part), write the trainable tensors and the card; returns the card.
+def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path | None = None) -> CMSSATrainer:
+    """The trainer of a CM-SSA config (keys besides every trainer's: ``encoders``, ``cmssa``, ``recipe``,
+    ``captions``). Under torchrun rank 0 makes (and caches) the captions, then every rank reads them."""
+    from ..models.cmssa import CMSSAConfig, build_encoders
+    from .trainers import recipe_from
 
-    Every fit is checkpointed after every epoch in ``<output_dir>/<model>.checkpoints/``; ``resume``
-    continues from there after a crash (skipping finished fits), and the folder is removed once the
-    weights and card are written. Under torchrun every process runs this; rank 0 writes."""
-    with distributed.Distributed(device) as dist:
-        return _train_from_config(config_path, dist, root=root, output_dir=output_dir, evaluate=evaluate,
-                                  device=device, num_workers=num_workers, progress=progress, resume=resume)
-
-
-def _train_from_config(config_path, dist: distributed.Distributed, *, root, output_dir, evaluate, device,
-                       num_workers, progress, resume) -> dict:
-    from ..data import load_dataset
-    from ..data.splits import carve_validation
-    from ..models.cmssa import CMSSAConfig, build_encoders, save_cmssa
-    from .fit_head import evaluate_recipe, load_config
-
-    config = load_config(config_path)
-    ds = load_dataset(config["dataset"], root=root or config.get("root"))
-    out_dir = Path(output_dir or config.get("output_dir") or ".")
-    if dist.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints = FitCheckpoints(out_dir / f"{config['model']}.checkpoints", resume=resume)
-    if checkpoints.files() and not resume:
-        raise FileExistsError(f"{checkpoints.directory} holds checkpoints of an interrupted run: pass --resume to "
-                              "continue it, or delete the folder to start over")
-    recipe = TrainRecipe(**{**config.get("recipe", {}), "device": device,  # each process: its LOCAL_RANK GPU
-                            **({"num_workers": num_workers} if num_workers is not None else {})})
-    cmssa_config = CMSSAConfig(**config.get("cmssa", {}))
-    encoder_spec = config["encoders"]
+    recipe = recipe_from(TrainRecipe, config, device=options.device,  # each process: its LOCAL_RANK GPU
+                         num_workers=options.num_workers)
+    cmssa_config = CMSSAConfig(**(config.get("cmssa") or {}))
+    if not config.get("encoders"):
+        raise ValueError(f"{config['config_file']}: method 'cmssa' needs an 'encoders' section")
     captions = None
-    if cmssa_config.branches != "complexity":  # rank 0 makes (and caches) them, then every rank reads them
+    if cmssa_config.branches != "complexity":
         if dist.main:
+            out_dir.mkdir(parents=True, exist_ok=True)
             captions = captions_for(config, ds, out_dir, str(dist.device))
         dist.barrier()
         if not dist.main:
             captions = captions_for(config, ds, out_dir, str(dist.device))
-    encoders = build_encoders(encoder_spec)  # built once; each fit starts from a fresh copy
+    encoders = build_encoders(config["encoders"])  # built once; each fit starts from a fresh copy
 
     def build() -> CMSSA:
         return CMSSA(copy.deepcopy(encoders), cmssa_config)
 
-    trainer = CMSSATrainer(build, recipe, captions, name=config["model"], checkpoint_dir=str(checkpoints.directory),
-                           resume=resume)
-    evaluation = None
-    if evaluate and config.get("evaluation"):
-        evaluation = evaluate_recipe(config["model"], ds, trainer, config["evaluation"], num_workers=num_workers,
-                                     progress=progress and dist.main)
-    everything = np.arange(len(ds))
-    val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
-    train_idx, val_idx = carve_validation(ds, everything, val_fraction, seed=recipe.seed)
-    fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
-    card = {"name": config["model"], "encoders": encoder_spec,
+    return CMSSATrainer(build, recipe, captions, name=config["model"],
+                        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=options.resume)
+
+
+def _card(trainer: CMSSATrainer, fit: dict, config: dict, ds, evaluation, dist) -> dict:
+    cmssa_config = trainer.model.config
+    return {"name": config["model"], "encoders": config["encoders"],
             "preprocessing": {"patches": f"shorter side resized to {cmssa_config.eval_short_side} px (bicubic), "
                                          f"{cmssa_config.patch_size}-px patches every {cmssa_config.patch_stride} px, "
                                          f"at most {cmssa_config.max_patches}; score = mean patch score"},
             "score": {"meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
-            "training": {"dataset": ds.name, "images": fit["n_train"], "recipe": recipe.to_dict(),
+            "training": {"dataset": ds.name, "images": fit["n_train"], "recipe": trainer.recipe.to_dict(),
                          "processes": dist.world, "best_epoch": fit["best_epoch"], "selected_on": fit["selected_on"],
                          "captions": config.get("captions"), "config_file": config["config_file"],
                          "history": fit["history"]},
             "evaluation": evaluation}
-    if dist.main:
-        card = save_cmssa(trainer.model, out_dir / f"{config['model']}.safetensors", card)
-        checkpoints.remove()  # the weights are written: nothing left to resume
-    card = dist.broadcast_object(card)
-    dist.barrier()
-    return card
+
+
+def _save(trainer: CMSSATrainer, card: dict, path: Path) -> dict:
+    from ..models.cmssa import save_cmssa
+
+    return save_cmssa(trainer.model, path, card)
+
+
+#: ``"method": "cmssa"`` of ``pyica train`` (:mod:`pyica.training.trainers`).
+METHOD = Method(build=_build, card=_card, save=_save, recipe=TrainRecipe)

@@ -59,9 +59,10 @@ from ..progress import progress_bar
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .probe import check_sgd_recipe, lr_factor
+from .trainers import Method
 from .resume import FitCheckpoints, dataset_fingerprint
 
-__all__ = ["ICNetRecipe", "ICNetTrainer", "train_from_config"]
+__all__ = ["ICNetRecipe", "ICNetTrainer", "METHOD"]
 
 log = logging.getLogger(__name__)
 
@@ -305,43 +306,17 @@ class _ICNetTask:
 
 # --- `pyica train CONFIG` for ICNet ----------------------------------------------------------------
 
-def train_from_config(config_path, *, root: str | None = None, output_dir: str | None = None, evaluate: bool = True,
-                      device: str = "auto", num_workers: int | None = None, progress: bool = True,
-                      resume: bool = False) -> dict:
-    """Evaluate the recipe under the config's protocol, train on the whole dataset (epoch chosen on a
-    carved-out validation part), write ``<output_dir>/<model>.safetensors`` and its card; returns the card.
-
-    Config keys: ``model``, ``dataset``, ``root``, ``output_dir``, ``evaluation`` (as every trainer),
-    ``icnet`` (:class:`~pyica.models.icnet.ICNetConfig` fields), ``recipe`` (:class:`ICNetRecipe` fields),
+def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path | None = None) -> ICNetTrainer:  # noqa: ARG001
+    """The trainer of an ICNet config. Config keys besides every trainer's: ``icnet``
+    (:class:`~pyica.models.icnet.ICNetConfig` fields), ``recipe`` (:class:`ICNetRecipe` fields),
     ``pretrained_backbone`` (a torchvision-format ResNet-18 file, relative to the config; absent: random
-    init) and ``keep_checkpoints`` (default false: the per-fit checkpoints under ``output_dir/checkpoints``
-    are deleted once the weights and card are written). ``resume`` continues interrupted fits.
-    """
-    from ..data import load_dataset
-    from ..data.splits import carve_validation
-    from ..models.icnet import save_icnet
+    init) and ``keep_checkpoints`` (keep the fits' checkpoints, e.g. for benchmarks/compare_models.py)."""
     from ..models.resnet import read_state_dict
-    from ..weights import sha256_file
-    from .fit_head import evaluate_recipe, load_config
+    from .trainers import recipe_from
 
-    config = load_config(config_path)
-    root = root or config.get("root")
-    ds = load_dataset(config["dataset"], root=root)
-    out_dir = Path(output_dir or config.get("output_dir") or ".")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    recipe = ICNetRecipe(**{**config.get("recipe", {}), "device": device,
-                            **({"num_workers": num_workers} if num_workers is not None else {})})
-    icnet_config = ICNetConfig(**config.get("icnet", {}))
-    backbone_state = None
-    if config.get("pretrained_backbone"):
-        backbone_file = (Path(config_path).parent / config["pretrained_backbone"]).resolve()
-        backbone_state = read_state_dict(backbone_file)
-        backbone = {"init": "torchvision-format ResNet-18 weights loaded into both branches (as the official "
-                            "resnet18(pretrained=True))", "file": backbone_file.name,
-                    "sha256": sha256_file(backbone_file)}
-    else:
-        backbone = {"init": "random (torchvision's ResNet initialisation, torch.manual_seed(recipe.seed)); "
-                            "no ImageNet pretraining, unlike the official ICNet", "seed": recipe.seed}
+    recipe = recipe_from(ICNetRecipe, config, device=options.device, num_workers=options.num_workers)
+    icnet_config = ICNetConfig(**(config.get("icnet") or {}))
+    backbone_state = read_state_dict(config["pretrained_backbone"]) if config.get("pretrained_backbone") else None
 
     def build() -> ICNetModel:
         net = ICNet(icnet_config)
@@ -349,19 +324,27 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
             net.load_backbone(backbone_state)
         return ICNetModel(net)
 
-    trainer = ICNetTrainer(build, recipe, name=config["model"], checkpoint_dir=out_dir / "checkpoints", resume=resume,
-                           progress=progress)
-    evaluation = None
-    if evaluate and config.get("evaluation"):
-        evaluation = evaluate_recipe(config["model"], ds, trainer, config["evaluation"], num_workers=num_workers,
-                                     progress=progress)
-    val_fraction = (config.get("evaluation") or {}).get("val_fraction", 0.1)
-    train_idx, val_idx = carve_validation(ds, np.arange(len(ds)), val_fraction, seed=recipe.seed)
-    fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
+    return ICNetTrainer(build, recipe, name=config["model"], checkpoint_dir=checkpoint_dir, resume=options.resume,
+                        progress=options.progress)
+
+
+def _card(trainer: ICNetTrainer, fit: dict, config: dict, ds, evaluation, dist) -> dict:  # noqa: ARG001
+    from ..weights import sha256_file
+
+    recipe, root = trainer.recipe, config.get("root")
+    icnet_config = ICNetConfig(**(config.get("icnet") or {}))
+    if config.get("pretrained_backbone"):
+        backbone_file = Path(config["pretrained_backbone"])
+        backbone = {"init": "torchvision-format ResNet-18 weights loaded into both branches (as the official "
+                            "resnet18(pretrained=True))", "file": backbone_file.name,
+                    "sha256": sha256_file(backbone_file)}
+    else:
+        backbone = {"init": "random (torchvision's ResNet initialisation, torch.manual_seed(recipe.seed)); "
+                            "no ImageNet pretraining, unlike the official ICNet", "seed": recipe.seed}
     labels = Path(root or "") / "labels.csv"
-    card = {"name": config["model"], "note": config.get("note"), "backbone": backbone,
+    return {"name": config["model"], "note": config.get("note"), "backbone": backbone,
             "score": {"meaning": f"{ds.name} score mapped from {fit['label_range']} to [0, 1]"},
-            "training": {"dataset": ds.name, "images": fit["n_train"], "validation_images": len(val_idx),
+            "training": {"dataset": ds.name, "images": fit["n_train"], "validation_images": fit["n_validation"],
                          "labels_sha256": sha256_file(labels) if root and labels.is_file() else None,
                          "augmentation": "horizontal flip p=0.5" if recipe.hflip else "none",
                          "recipe": {k: v for k, v in recipe.to_dict().items() if k not in ("device", "num_workers")},
@@ -369,9 +352,15 @@ def train_from_config(config_path, *, root: str | None = None, output_dir: str |
                                  "MSE(mean(map)), labels on [0, 1]",
                          "best_epoch": fit["best_epoch"], "selected_on": fit["selected_on"],
                          "best_val_selection_score": fit["best_val_srcc"], "device": str(trainer.device),
-                         "config_file": config["config_file"], "history": fit["history"]},
+                         "processes": dist.world, "config_file": config["config_file"], "history": fit["history"]},
             "evaluation": evaluation}
-    card = save_icnet(trainer.model, out_dir / f"{config['model']}.safetensors", card)
-    if not config.get("keep_checkpoints"):
-        trainer.checkpoints.remove()
-    return card
+
+
+def _save(trainer: ICNetTrainer, card: dict, path: Path) -> dict:
+    from ..models.icnet import save_icnet
+
+    return save_icnet(trainer.model, path, card)
+
+
+#: ``"method": "icnet"`` of ``pyica train`` (:mod:`pyica.training.trainers`).
+METHOD = Method(build=_build, card=_card, save=_save, recipe=ICNetRecipe)

@@ -1,0 +1,312 @@
+"""``pyica train CONFIG``: one path for every method, the :class:`Trainer` protocol and the config schema.
+
+A training config is a JSON file (``configs/``) whose ``method`` says what trains::
+
+    method   trainer (module)                                  final fit
+    ridge    the registered model's own head (fit_head)        every image; ridge alpha by leave-one-out
+    cmssa    CMSSATrainer (train_cmssa)                        90 %; the epoch chosen on the other 10 %
+    icnet    ICNetTrainer (train_icnet)                        90 %; the epoch chosen on the other 10 %
+
+``ridge`` is the default (the shipped default model's configs name no method). :func:`train_config`
+does the same steps for each: read and validate the config once (:class:`TrainConfig`: a typo'd key or
+a wrong type is one line naming the file), build the method's trainer (:func:`build_trainer`), evaluate
+the recipe under the config's ``evaluation`` protocol (every split refits; the card's metrics), fit the
+final model, and write its weights and card (:mod:`pyica.weights`, rank 0) and remove the fits'
+checkpoints (unless ``keep_checkpoints``). The gradient-descent trainers all run the one epoch loop,
+:mod:`pyica.training.loop`; under torchrun every process trains, the ridge head is fitted by rank 0 from
+features the processes extract in shares.
+
+Anything with ``fit_dataset`` and ``score_files`` is a :class:`Trainer`, which is what
+:func:`pyica.evaluation.run_protocol` evaluates: the CLICv2 probe (:mod:`pyica.training.probe`) is one
+too, trained on a pretrained encoder rather than from a config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..evaluation import run_protocol
+from ..reports import CATEGORY_MEAN, POOLED, summarise
+from . import distributed
+
+__all__ = ["Trainer", "TrainConfig", "TrainOptions", "Method", "METHODS", "read_json_config", "load_config",
+           "build_trainer", "train_config", "evaluate_recipe", "headline_metrics", "recipe_from"]
+
+log = logging.getLogger(__name__)
+
+
+class Trainer(Protocol):
+    """What :func:`pyica.evaluation.run_protocol` and ``pyica train`` need of a method's trainer."""
+
+    def fit_dataset(self, train, val=None, **kw) -> dict:
+        """Train a fresh model on ``train`` (epochs or hyper-parameters chosen on ``val``); a summary."""
+
+    def score_files(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
+                    max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
+        """Scores of ``paths`` by the trained model (``nan`` where a file failed) and ``{path: error}``."""
+
+
+# --- the config ---------------------------------------------------------------------------------------
+
+class EvaluationConfig(BaseModel):
+    """How the recipe is evaluated before the final fit (:func:`pyica.evaluation.run_protocol`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    protocol: Literal["all", "official", "random", "loco"] = "random"
+    n_splits: int = Field(10, ge=1)
+    seed: int = 0
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainConfig(BaseModel):
+    """The schema of a ``pyica train`` config (the sections of a method are checked by its recipe)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["ridge", "cmssa", "icnet"] = "ridge"
+    model: str = Field(min_length=1)
+    dataset: str = Field(min_length=1)
+    root: str | None = None
+    output_dir: str | None = None
+    evaluation: EvaluationConfig | Literal[False] | None = Field(default_factory=EvaluationConfig)
+    tolerance: float = Field(1e-4, ge=0)
+    note: str | None = None
+    keep_checkpoints: bool = False
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    # method sections: cmssa
+    encoders: dict[str, Any] | None = None
+    cmssa: dict[str, Any] | None = None
+    captions: dict[str, Any] | None = None
+    # icnet
+    icnet: dict[str, Any] | None = None
+    pretrained_backbone: str | None = None
+
+
+def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON config file as a dict, with errors that name the file (shared by every `pyica` trainer)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the config ({err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: a config is a JSON object, not {type(value).__name__}")
+    return value
+
+
+def schema_error(path: str | os.PathLike, err: ValidationError) -> ValueError:
+    """One line naming the file and every field pydantic refused."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
+    return ValueError(f"{path}: {problems}")
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a training config; ``root``, ``output_dir``, ``pretrained_backbone`` and a
+    dataset given as a path are resolved against the config's folder. Returns it as a dict with the
+    evaluation block complete (``None`` when switched off), ``tolerance`` and ``config_file``."""
+    path = Path(path)
+    try:
+        parsed = TrainConfig.model_validate(read_json_config(path))
+    except ValidationError as err:
+        raise schema_error(path, err) from None
+    config = parsed.model_dump(exclude_unset=True)
+    for key in ("root", "output_dir", "pretrained_backbone"):
+        if config.get(key):
+            config[key] = str((path.parent / config[key]).resolve())
+    if (path.parent / config["dataset"]).exists():  # a manifest or folder rather than a dataset name
+        config["dataset"] = str((path.parent / config["dataset"]).resolve())
+    config["method"] = parsed.method
+    config["evaluation"] = parsed.evaluation.model_dump() if parsed.evaluation else None
+    config["tolerance"] = parsed.tolerance
+    config["config_file"] = path.name
+    return config
+
+
+def recipe_from(cls, config: dict, **overrides: Any):
+    """The recipe dataclass ``cls`` from the config's ``recipe`` section; an unknown field is one line
+    naming the config file and the fields ``cls`` knows."""
+    known = {f.name for f in fields(cls)}
+    section = config.get("recipe", {})
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"{config['config_file']}: recipe: unknown field(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(known))})")
+    return cls(**{**section, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# --- methods --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainOptions:
+    """What the command line adds to a config."""
+
+    root: str | None = None
+    output_dir: str | None = None
+    evaluate: bool = True
+    verify: bool = False
+    device: str = "auto"
+    num_workers: int | None = None
+    progress: bool = True
+    resume: bool = False
+
+
+@dataclass
+class Method:
+    """How ``pyica train`` runs one method (each method module defines one: ``METHOD``).
+
+    ``build(config, ds, options, dist, out_dir)`` returns the trainer; ``card(trainer, fit, config, ds,
+    evaluation, dist)`` the card without its weights entry; ``save(trainer, card, path)`` writes weights
+    and card and returns the card. ``final_validation``: carve a validation part for the final fit (to
+    choose its epoch) or fit every image. ``every_rank_trains``: under torchrun every process trains
+    (DDP) or, when false, ``share(trainer, ds, dist, options)`` splits the expensive part and rank 0 does
+    the rest. ``verify(trainer, ds, config, weights_file)``: refit and compare with shipped weights.
+    ``recipe``: checked before anything runs (:func:`recipe_from`)."""
+
+    build: Callable[..., Trainer]
+    card: Callable[..., dict]
+    save: Callable[..., dict]
+    final_validation: bool = True
+    every_rank_trains: bool = True
+    share: Callable[..., Any] | None = None
+    verify: Callable[..., dict] | None = None
+    checkpoints: bool = True
+    recipe: type | None = None  # the dataclass of the config's "recipe" section (None: it takes none)
+
+
+def _method(name: str) -> Method:
+    # imported on demand: a method's module pulls in its models (transformers for CM-SSA)
+    if name == "ridge":
+        from .fit_head import METHOD
+    elif name == "cmssa":
+        from .train_cmssa import METHOD
+    elif name == "icnet":
+        from .train_icnet import METHOD
+    else:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHOD
+
+
+#: The methods ``pyica train`` runs (``method`` in a config).
+METHODS = ("ridge", "cmssa", "icnet")
+
+
+def checkpoint_dir(config: dict, out_dir: Path) -> Path:
+    """Where a config's fits keep their checkpoints: ``output_dir/checkpoints`` (a CM-SSA run of pyica
+    0.1 kept them in ``output_dir/<model>.checkpoints``; an interrupted one is continued from there)."""
+    legacy = out_dir / f"{config['model']}.checkpoints"
+    current = out_dir / "checkpoints"
+    if legacy.is_dir() and any(legacy.glob("fit-*.pt")) and not current.exists():
+        return legacy
+    return current
+
+
+def build_trainer(config: dict, ds, options: TrainOptions | None = None, *, dist: distributed.Distributed | None = None,
+                  out_dir: Path | None = None, checkpoint_dir: str | os.PathLike | None = None) -> Trainer:
+    """The trainer of a config (:func:`load_config`) for its method, e.g. to evaluate a recipe with
+    :func:`pyica.evaluation.run_protocol` outside ``pyica train`` (``ds``: the dataset, which a method may
+    need to build it, e.g. CM-SSA's captions; ``checkpoint_dir``: where its fits checkpoint)."""
+    options = options or TrainOptions()
+    dist = dist or distributed.current(options.device)
+    out_dir = out_dir or Path(options.output_dir or config.get("output_dir") or ".")
+    method = _method(config.get("method", "ridge"))
+    extra = {"checkpoint_dir": Path(checkpoint_dir)} if checkpoint_dir is not None and method.checkpoints else {}
+    return method.build(config, ds, options, dist, out_dir, **extra)
+
+
+def train_config(config_path: str | os.PathLike, options: TrainOptions | None = None) -> dict[str, Any]:
+    """Run a training config (module doc); returns the card (or, with ``verify``, the comparison with the
+    shipped weights). Under torchrun every process calls it and gets rank 0's result."""
+    from ..data import load_dataset
+    from ..data.splits import carve_validation
+
+    options = options or TrainOptions()
+    config = load_config(config_path)
+    method = _method(config["method"])
+    if options.verify and method.verify is None:
+        raise ValueError(f"{config_path}: --verify refits closed-form heads only, not method {config['method']!r}")
+    if method.recipe is not None:
+        recipe_from(method.recipe, config, device="cpu")  # a typo fails now, not after the data is loaded
+    elif config.get("recipe"):
+        raise ValueError(f"{config_path}: method {config['method']!r} takes no recipe")
+    with distributed.Distributed(options.device) as dist:
+        root = options.root or config.get("root")
+        config["root"] = root
+        ds = load_dataset(config["dataset"], root=root)
+        out_dir = Path(options.output_dir or config.get("output_dir") or ".")
+        checkpoints = None
+        if method.checkpoints:
+            from .resume import FitCheckpoints
+
+            checkpoints = FitCheckpoints(checkpoint_dir(config, out_dir), resume=options.resume)
+            if checkpoints.files() and not options.resume:
+                raise FileExistsError(f"{checkpoints.directory} holds checkpoints of an earlier run: pass --resume "
+                                      "to continue it (finished fits are reused), or move the folder away")
+        if dist.main and not options.verify:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        trainer = build_trainer(config, ds, options, dist=dist, out_dir=out_dir,
+                                checkpoint_dir=checkpoints.directory if checkpoints else None)
+        if dist.world > 1 and not method.every_rank_trains:
+            method.share(trainer, ds, dist, options)
+            result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir, carve_validation) \
+                if dist.main else None
+            return dist.broadcast_object(result)  # the other processes wait here for rank 0
+        result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir, carve_validation)
+        if dist.main and checkpoints is not None and not config.get("keep_checkpoints"):
+            checkpoints.remove()  # the weights are written: nothing left to resume
+        result = dist.broadcast_object(result)
+        dist.barrier()
+        return result
+
+
+def _fit_and_write(method: Method, trainer: Trainer, config: dict, ds, options: TrainOptions, dist,
+                   out_dir: Path, carve_validation) -> dict:
+    name = config["model"]
+    evaluation = None
+    if options.evaluate and config["evaluation"] and not options.verify:
+        log.info("evaluating the recipe: %s", config["evaluation"])
+        evaluation = evaluate_recipe(name, ds, trainer, config["evaluation"], num_workers=options.num_workers,
+                                     progress=options.progress and dist.main)
+    if method.final_validation:
+        val_fraction = (config["evaluation"] or {}).get("val_fraction", 0.1)
+        train_idx, val_idx = carve_validation(ds, np.arange(len(ds)), val_fraction, seed=trainer.recipe.seed)
+        fit = trainer.fit_dataset(ds.subset(train_idx), ds.subset(val_idx))
+        fit["n_validation"] = len(val_idx)
+    else:
+        log.info("fitting on all %d images of %s", len(ds), ds.name)
+        fit = trainer.fit_dataset(ds, None, num_workers=options.num_workers, progress=options.progress)
+    weights_file = out_dir / f"{name}.safetensors"
+    if options.verify:
+        return method.verify(trainer, ds, config, weights_file)
+    card = method.card(trainer, fit, config, ds, evaluation, dist)
+    return method.save(trainer, card, weights_file) if dist.main else card
+
+
+def evaluate_recipe(name: str, ds, trainer: Trainer, ev: dict, *, num_workers=None, progress: bool = False) -> dict:
+    """Run a config's ``evaluation`` block (protocol, splits, seed, fractions) with ``trainer`` refitted per
+    split; the card's ``evaluation`` entry."""
+    result = run_protocol(name, ds, model=trainer, protocol=ev["protocol"], n_splits=ev["n_splits"], seed=ev["seed"],
+                          test_fraction=ev["test_fraction"], val_fraction=ev["val_fraction"],
+                          num_workers=num_workers, progress=progress)
+    return {"protocol": ev, "metrics": headline_metrics(result.rows), "load_errors": len(result.errors)}
+
+
+def headline_metrics(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean and std over splits of SRCC/PLCC, per category, category mean and pooled."""
+    out = {}
+    for row in summarise(rows):
+        out[row["category"]] = {k: round(row[k], 4) for k in ("srcc_mean", "srcc_std", "plcc_mean", "plcc_std")}
+        out[row["category"]]["n_splits"] = row["n_splits"]
+    order = [CATEGORY_MEAN, POOLED] + sorted(set(out) - {CATEGORY_MEAN, POOLED})
+    return {k: out[k] for k in order if k in out}
