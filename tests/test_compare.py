@@ -122,6 +122,7 @@ def test_compare_writes_tidy_csv_and_readme_tables(two_category_dataset, tmp_pat
                                                            ("spatial_information", "loco"), ("entropy", "random")}
 
 
+@pytest.mark.compare  # trains ICNet: ~40 s each on 2 CPU cores
 @pytest.mark.filterwarnings("ignore:srcc:UserWarning")  # a 4-image validation part cannot rank every category
 def test_compare_trains_slow_model_only_under_slow_protocols(two_category_dataset, tmp_path):
     """--include-slow trains ICNet per split (a 32-px, 1-epoch config here); --slow-protocols random leaves its
@@ -155,6 +156,7 @@ def test_compare_trains_slow_model_only_under_slow_protocols(two_category_datase
     assert ("loco", "category_mean") in entropy and ("random", "category_mean") in entropy
 
 
+@pytest.mark.compare  # trains ICNet: ~40 s each on 2 CPU cores
 @pytest.mark.filterwarnings("ignore:srcc:UserWarning")
 def test_compare_reuses_fits_of_a_config_that_keeps_its_checkpoints(two_category_dataset, tmp_path, monkeypatch):
     """With keep_checkpoints, --include-slow writes its ICNet fit where `pyica train` keeps its own
