@@ -1,12 +1,15 @@
 # Two entry points for a fresh machine with python3 and make:
 #   make demo   - create .venv, install pyica, score the bundled example images with the default model
 #   make test   - create .venv, install pyica with its test extras, run the test suite
+#                 (without the slow `compare` tests: pyproject.toml's addopts leaves them out)
+#   make test-compare - only the `compare` tests (the comparison benchmark training ICNet; about a minute)
+#   make test-all     - every test
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    := out
 
-.PHONY: demo test install install-dev examples clean
+.PHONY: demo test test-compare test-all install install-dev examples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +32,12 @@ demo: $(VENV)/.core
 
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -q
+
+test-compare: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m compare
+
+test-all: $(VENV)/.dev
+	$(BIN)/python -m pytest -q -m "compare or not compare"
 
 # Regenerate the synthetic example images (they are committed; this is how they were made).
 examples: $(VENV)/.core

@@ -60,8 +60,8 @@ Outputs
 * Rows in ``--out`` (default ``benchmarks/results/clicv2_savoias.csv``), one per (setting, encoder,
   head). Rows of settings not rerun are kept.
 * The t-SNE PNGs beside it.
-* The README section between ``<!-- clicv2:start -->`` and ``<!-- clicv2:end -->``, unless
-  ``--no-readme``.
+* The docs/benchmarks.md section between ``<!-- clicv2:start -->`` and ``<!-- clicv2:end -->``, unless
+  ``--no-doc``.
 * With ``--save-probes``, the ICNet and linear probes of the main encoder, fitted on split 0 (train,
   with its validation part choosing the epoch), are written to ``--cache-dir/probes``. They are
   usable as ``pyica score -m clicv2_probe.vit_tiny --weights ...``.
@@ -69,10 +69,10 @@ Outputs
 About an hour on a free 2-core CPU with the defaults (12 + 7 x 3 minutes of pretraining, plus
 probing and feature extraction). Examples::
 
-    python benchmarks/clicv2_savoias.py                              # everything
-    python benchmarks/clicv2_savoias.py --only main --minutes 30     # longer main run, no ablations
-    python benchmarks/clicv2_savoias.py --minutes 0.2 --splits 1 --no-ablations --limit 140 \\
-        --probe-epochs 2 --out /tmp/clicv2/smoke.csv --no-readme     # smoke test (about a minute)
+    python -m benchmarks.clicv2_savoias                              # everything
+    python -m benchmarks.clicv2_savoias --only main --minutes 30     # longer main run, no ablations
+    python -m benchmarks.clicv2_savoias --minutes 0.2 --splits 1 --no-ablations --limit 140 \\
+        --probe-epochs 2 --out /tmp/clicv2/smoke.csv --no-doc        # smoke test (about a minute)
 """
 
 from __future__ import annotations
@@ -90,17 +90,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, default_savoias_root, machine_description, update_readme_section  # noqa: E402
+from benchmarks.common import (DOC, REPO, RESULTS, default_savoias_root, doc_link, machine_description,
+                               update_doc_section)
 
-from pyica.analysis import per_category_correlations, tsne_plot  # noqa: E402
-from pyica.data import load_dataset  # noqa: E402
-from pyica.evaluation import make_splits, run_protocol  # noqa: E402
-from pyica.models.clicv2 import CLICv2Config  # noqa: E402
-from pyica.models.clicv2_probe import CLICv2Probe, build_head, load_encoder, random_encoder, save_probe  # noqa: E402
-from pyica.reports import format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
-from pyica.training.pretrain import pretrain  # noqa: E402
-from pyica.training.probe import ProbeRecipe, ProbeTrainer, TokenCache  # noqa: E402
+from pyica.analysis import per_category_correlations, tsne_plot
+from pyica.data import load_dataset
+from pyica.evaluation import make_splits, run_protocol
+from pyica.models.clicv2 import CLICv2Config
+from pyica.models.clicv2_probe import CLICv2Probe, build_head, load_encoder, random_encoder, save_probe
+from pyica.reports import format_table, read_results_csv, summarise, write_results_csv
+from pyica.training.pretrain import pretrain
+from pyica.training.probe import ProbeRecipe, ProbeTrainer, TokenCache
 
 ARCH, PATCH = "vit_tiny", 32
 MAIN = {}  # CLICv2Config defaults: SP + patch-wise InfoNCE + masking 0.6 + MEM (entropy, lambda 2)
@@ -132,7 +132,8 @@ def parse_args(argv=None):
     g.add_argument("--cache-dir", type=Path, default=Path("/tmp/pyica-clicv2-cache"),
                    help="pretraining manifests, pretraining runs (reused when their settings match) and saved "
                         "probes; outside the repo")
-    g.add_argument("--no-readme", action="store_true", help="do not rewrite the README's clicv2 section")
+    g.add_argument("--no-doc", "--no-readme", action="store_true",
+                   help="do not rewrite the clicv2 section of docs/benchmarks.md")
     g.add_argument("--only", choices=("all", "main", "ablations"), default="all",
                    help="run the main setting, the ablations, or both (rows of the other part are kept)")
     g.add_argument("--no-ablations", action="store_true", help="same as --only main")
@@ -193,7 +194,7 @@ def parse_args(argv=None):
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: spare cores)")
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = p.parse_args(argv)
-    args.command = " ".join(["python benchmarks/clicv2_savoias.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = " ".join(["python -m benchmarks.clicv2_savoias", *(sys.argv[1:] if argv is None else argv)])
     if args.no_ablations:
         args.only = "main"
     args.heads = [h.strip() for h in args.heads.split(",") if h.strip()]
@@ -408,7 +409,7 @@ def save_split0_probes(encoder, info, ds, split0, cache, args, label: str, pretr
         print(f"  saved {path}", flush=True)
 
 
-# --- README --------------------------------------------------------------------------------------------
+# --- docs/benchmarks.md --------------------------------------------------------------------------------------------
 
 def _fmt(value, digits: int = 3) -> str:
     try:
@@ -423,7 +424,7 @@ def _pm(row: dict, key: str) -> str:
     return _fmt(row.get(f"{key}_mean")) + ("" if std in (None, "") or not math.isfinite(float(std)) else f" ± {_fmt(std)}")
 
 
-def readme_text(rows: list[dict], pngs: list[Path], args, machine: str) -> str:
+def doc_text(rows: list[dict], pngs: list[Path], args, machine: str) -> str:
     main = [r for r in rows if r["table"] == "main"]
     abl = [r for r in rows if r["table"] != "main"]
     lines = [f"CLICv2 at toy scale: a ViT-Ti/{PATCH} pretrained on the {main[0]['pretrain_images'] if main else '?'} "
@@ -461,11 +462,7 @@ def readme_text(rows: list[dict], pngs: list[Path], args, machine: str) -> str:
     if pngs:
         lines += [""]
         for png in pngs:
-            try:
-                rel = png.resolve().relative_to(REPO)
-            except ValueError:
-                rel = png
-            lines.append(f"![t-SNE {png.stem}]({rel.as_posix()})")
+            lines.append(f"![t-SNE {png.stem}]({doc_link(png)})")
     commands = list(dict.fromkeys(r.get("command") or "" for r in rows)) if rows else [args.command]
     lines += ["", "Reproduce (the commands that produced these rows): "
               + "; ".join(f"`{c}`" for c in commands if c) + f". Key momentum {args.momentum}, probe lr chosen on "
@@ -552,12 +549,12 @@ def main(argv=None) -> None:
                                                        "pooled_srcc_mean", "split0_category_mean_srcc",
                                                        "pcc_var_mean")} for r in rows]))
     print(f"wrote {args.out}")
-    if not args.no_readme:
+    if not args.no_doc:
         if not pngs:  # keep the pictures of an earlier main run
             pngs = [p for p in (args.out.parent / "clicv2_tsne_pretrained.png",
                                 args.out.parent / "clicv2_tsne_random.png") if p.exists()]
-        update_readme_section("clicv2", readme_text(rows, pngs, args, machine))
-        print("updated README.md (clicv2 section)")
+        update_doc_section("clicv2", doc_text(rows, pngs, args, machine))
+        print(f"updated {DOC.relative_to(REPO)} (clicv2 section)")
 
 
 if __name__ == "__main__":

@@ -11,32 +11,30 @@ Settings: the main one (both branches, 5 levels, alpha/beta 0.1/0.9) on ``--spli
 ablations of Table 3 (branches), Table 4 (3/7 levels) and Table 6 (alpha/beta) on the first
 ``--ablation-splits`` splits (each costs a full training per split).
 
-    python benchmarks/cmssa_savoias.py                      # main on 10 splits, ablations on 3
-    python benchmarks/cmssa_savoias.py --only main --splits 3 --tag "first 3 splits"   # beside the ablations
+    python -m benchmarks.cmssa_savoias                      # main on 10 splits, ablations on 3
+    python -m benchmarks.cmssa_savoias --only main --splits 3 --tag "first 3 splits"   # beside the ablations
 
 The frozen trunk's outputs (4 training crops and up to 9 test patches per image) are cached in
-``--cache-dir``. Writes ``benchmarks/results/cmssa_savoias.csv`` and the README's ``cmssa`` table.
+``--cache-dir``. Writes ``benchmarks/results/cmssa_savoias.csv`` and the ``cmssa`` table of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_savoias_root, machine_description, update_readme_section  # noqa: E402
+from benchmarks.common import RESULTS, default_savoias_root, machine_description, update_doc_section
 
-from pyica.data import load_dataset  # noqa: E402
-from pyica.evaluation import run_protocol  # noqa: E402
-from pyica.models.cmssa import CMSSA, CMSSAConfig, build_encoders  # noqa: E402
-from pyica.reports import format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
-from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe  # noqa: E402
+from pyica.data import load_dataset
+from pyica.evaluation import run_protocol
+from pyica.models.cmssa import CMSSA, CMSSAConfig, build_encoders
+from pyica.reports import format_table, read_results_csv, summarise, write_results_csv
+from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe
 
 MAIN = {"branches": "both", "levels": 5, "alpha": 0.1, "beta": 0.9}
 #: (table, label, changes to MAIN)
@@ -63,7 +61,8 @@ def parse_args(argv=None):
                    help="trunk-feature and caption cache (outside the repo)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for feature extraction")
     p.add_argument("--out", type=Path, default=RESULTS / "cmssa_savoias.csv", help="results CSV")
-    p.add_argument("--no-readme", action="store_true", help="do not update the README table")
+    p.add_argument("--no-doc", "--no-readme", action="store_true",
+                   help="do not update the table in docs/benchmarks.md")
     p.add_argument("--tag", default="", help="appended to the setting names of this run (e.g. 'first 3 splits'), "
                                               "so its rows are kept beside those of other runs")
     return p.parse_args(argv)
@@ -133,13 +132,13 @@ def main(argv=None) -> None:
         write_results_csv(rows, args.out)
     print("\n" + format_table(rows))
     print(f"wrote {args.out}")
-    if not args.no_readme:
+    if not args.no_doc:
         columns = ["table", "setting", "splits", "category_mean_srcc_mean", "category_mean_plcc_mean",
                    "pooled_srcc_mean", "pooled_plcc_mean", "median_best_epoch", "seconds_per_epoch"]
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for r in rows:
             lines.append("| " + " | ".join(str(r[c]) for c in columns) + " |")
-        update_readme_section("cmssa", "\n".join(lines))
+        update_doc_section("cmssa", "\n".join(lines))
 
 
 if __name__ == "__main__":

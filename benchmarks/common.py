@@ -1,4 +1,9 @@
-"""Small helpers shared by the benchmark scripts: where the data is, and writing README tables."""
+"""Small helpers shared by the benchmark scripts: where the data is, and writing the tables of
+docs/benchmarks.md.
+
+The scripts import this module as ``benchmarks.common``; run them from the repository root as
+``python -m benchmarks.NAME`` (with pyica installed, or ``PYTHONPATH=src``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-README = REPO / "README.md"
+DOC = REPO / "docs" / "benchmarks.md"
 
 
 def default_savoias_root() -> Path:
@@ -32,14 +37,23 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical cores, {gpu}, torch {torch.__version__}"
 
 
-def update_readme_section(marker: str, text: str, readme: Path = README) -> None:
-    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in the README."""
+def doc_link(path: Path, doc: Path = DOC) -> str:
+    """``path`` as a Markdown link target relative to the folder of ``doc`` (as given if on another drive)."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(doc).resolve().parent)).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def update_doc_section(marker: str, text: str, doc: Path = DOC) -> None:
+    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in ``doc``
+    (docs/benchmarks.md by default)."""
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    content = readme.read_text()
+    content = doc.read_text()
     if start not in content or end not in content:
-        raise SystemExit(f"{readme}: markers {start} / {end} not found")
+        raise SystemExit(f"{doc}: markers {start} / {end} not found")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    temp = readme.with_suffix(".md.tmp")
+    temp = doc.with_suffix(".md.tmp")
     temp.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
-    temp.replace(readme)
+    temp.replace(doc)

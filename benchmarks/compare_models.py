@@ -7,7 +7,7 @@ the per-category numbers; SAVOIAS scores are per category) of
   * SRCC and PLCC on raw predictions, as the ICA papers and the rest of pyica report them;
   * RMSE after a 4-parameter logistic (VQEG) fitted inside each category of the test part: the labels
     are on 0-100 and a model's raw scale is anything (entropy in bits, learned models on [0, 1]),
-    so raw RMSE says nothing (it is kept in the CSV as ``rmse``; the README shows ``rmse_logistic4``);
+    so raw RMSE says nothing (it is kept in the CSV as ``rmse``; docs/benchmarks.md shows ``rmse_logistic4``);
   * parameters, GMACs and ms per image from ``pyica.costs.model_cost``: GMACs are multiply-accumulates
     (FlopCounterMode FLOPs / 2) of one forward at the model's own input size; ms is preprocessing
     (from a decoded image) plus the forward, on a batch of one, on this machine.
@@ -32,7 +32,7 @@ How every registered model is obtained (column ``source``):
 
 Outputs: ``--out`` (one tidy row per model, variant, protocol and category: mean and std over splits
 of every metric, with source and costs), ``--splits-out`` (the per-split rows it was computed from)
-and the README section between ``<!-- compare:start -->`` and ``<!-- compare:end -->``, generated from
+and the docs/benchmarks.md section between ``<!-- compare:start -->`` and ``<!-- compare:end -->``, generated from
 ``--out``. Rerunning some models (``-m``) replaces only their rows. ``seconds`` is a protocol's wall
 time (for models scored once, scoring every image included in each protocol's figure).
 
@@ -47,10 +47,10 @@ resume. They go to the config's ``output_dir``/checkpoints when the config sets 
 fit that ``pyica train`` already made with the same config, data and seed is reused), else to
 ``--work-dir``/icnet-checkpoints.
 
-    python benchmarks/compare_models.py                                  # every model, 10 splits + loco
-    python benchmarks/compare_models.py -m 'effnet*' entropy --no-readme
-    python benchmarks/compare_models.py --limit 140 --splits 1 --out /tmp/cmp.csv \\
-        --splits-out /tmp/cmp_splits.csv --no-readme                    # smoke test
+    python -m benchmarks.compare_models                                  # every model, 10 splits + loco
+    python -m benchmarks.compare_models -m 'effnet*' entropy --no-doc
+    python -m benchmarks.compare_models --limit 140 --splits 1 --out /tmp/cmp.csv \\
+        --splits-out /tmp/cmp_splits.csv --no-doc                       # smoke test
 """
 
 from __future__ import annotations
@@ -70,16 +70,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import README, REPO, RESULTS, default_savoias_root, machine_description, update_readme_section  # noqa: E402
+from benchmarks.common import DOC, REPO, RESULTS, default_savoias_root, machine_description, update_doc_section
 
-import pyica  # noqa: E402
-from pyica.costs import model_cost  # noqa: E402
-from pyica.data import load_dataset  # noqa: E402
-from pyica.evaluation import make_splits, metric_rows, predict_dataset, run_protocol, split_rows  # noqa: E402
-from pyica.loading import load_image  # noqa: E402
-from pyica.registry import create_model, get_entry, list_models  # noqa: E402
-from pyica.reports import (CATEGORY_MEAN, POOLED, format_markdown_table, format_table, read_results_csv,  # noqa: E402
+import pyica
+from pyica.costs import model_cost
+from pyica.data import load_dataset
+from pyica.evaluation import make_splits, metric_rows, predict_dataset, run_protocol, split_rows
+from pyica.loading import load_image
+from pyica.registry import create_model, get_entry, list_models
+from pyica.reports import (CATEGORY_MEAN, POOLED, format_markdown_table, format_table, read_results_csv,
                            summarise, write_results_csv)
 
 PROTOCOLS = ("random", "loco")
@@ -146,10 +145,11 @@ def parse_args(argv=None):
     g.add_argument("--out", type=Path, default=RESULTS / "compare_models.csv", help="tidy results CSV (aggregates)")
     g.add_argument("--splits-out", type=Path, default=RESULTS / "compare_models_splits.csv",
                    help="per-split rows the aggregates come from")
-    g.add_argument("--readme", type=Path, default=README, help="README whose compare section is rewritten")
-    g.add_argument("--no-readme", action="store_true", help="do not rewrite the README section")
+    g.add_argument("--doc", "--readme", type=Path, default=DOC,
+                   help="Markdown file whose compare section is rewritten (default docs/benchmarks.md)")
+    g.add_argument("--no-doc", "--no-readme", action="store_true", help="do not rewrite the compare section")
     args = p.parse_args(argv)
-    args.command = " ".join(["python benchmarks/compare_models.py", *(sys.argv[1:] if argv is None else argv)])
+    args.command = " ".join(["python -m benchmarks.compare_models", *(sys.argv[1:] if argv is None else argv)])
     return args
 
 
@@ -293,7 +293,7 @@ def savoias_cache(ctx: Context, kind: str, view: str | None = None) -> np.ndarra
     file = args.cache_dir / ("savoias_classic.npz" if kind == "classic" else f"savoias_{view.replace(':', '_')}.npz")
     if not file.exists() and len(ctx.ds) != len(ctx.full):
         return None
-    import default_model_selection as selection
+    from benchmarks import default_model_selection as selection
 
     options = argparse.Namespace(cache_dir=args.cache_dir, workers=args.workers)
     x, _ = (selection.classic_features(ctx.full, options) if kind == "classic"
@@ -311,7 +311,7 @@ def cmssa_plan(name: str, args) -> Plan:
     def build():
         import copy
 
-        from cmssa_savoias import MAIN
+        from benchmarks.cmssa_savoias import MAIN
         from pyica.captions import caption_dataset, create_captioner, load_captions
         from pyica.models.cmssa import CMSSA, CMSSAConfig, build_encoders
         from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe
@@ -332,7 +332,7 @@ def cmssa_plan(name: str, args) -> Plan:
 
 
 def cmssa_architecture():
-    from cmssa_savoias import MAIN
+    from benchmarks.cmssa_savoias import MAIN
     from pyica.models.cmssa import CMSSA, CMSSAConfig, build_encoders
 
     return CMSSA(build_encoders({"kind": "offline", "image_variant": "lite2", "embed_dim": 256}), CMSSAConfig(**MAIN))
@@ -342,7 +342,7 @@ def cmssa_architecture():
 
 
 def clicv2_options():
-    import clicv2_savoias
+    from benchmarks import clicv2_savoias
 
     return clicv2_savoias, clicv2_savoias.parse_args([])
 
@@ -566,7 +566,7 @@ def measure_cost(plan: Plan, subject, image, args) -> dict:
         return {}
 
 
-# --- README --------------------------------------------------------------------------------------------
+# --- docs/benchmarks.md --------------------------------------------------------------------------------------------
 
 
 def _num(value) -> float:
@@ -597,7 +597,7 @@ def _source(text: str) -> str:
     return text.replace(f"from {Path('benchmarks/results').as_posix()}/", "from ")
 
 
-def readme_text(rows: list[dict]) -> str:
+def doc_text(rows: list[dict]) -> str:
     """Table 1 and Table 2 from the aggregate rows (as read back from the CSV)."""
     t1 = {}
     for r in rows:
@@ -667,7 +667,7 @@ def load_data(args):
     full = load_dataset(args.dataset, root=args.root if is_savoias else None)
     ds = full
     if args.limit:
-        from clicv2_savoias import stratified_limit
+        from benchmarks.clicv2_savoias import stratified_limit
 
         ds = stratified_limit(full, args.limit, args.seed)
     if not is_savoias:
@@ -742,11 +742,11 @@ def main(argv=None) -> None:
             if new_splits or keep_splits:
                 write_results_csv(keep_splits + new_splits, args.splits_out)
 
-    table = readme_text(read_results_csv(args.out))
+    table = doc_text(read_results_csv(args.out))
     print("\n" + table)
-    if not args.no_readme:
-        update_readme_section("compare", table, readme=args.readme)
-        print(f"\nupdated {args.readme}")
+    if not args.no_doc:
+        update_doc_section("compare", table, doc=args.doc)
+        print(f"\nupdated {args.doc}")
     print(f"wrote {args.out}" + (f" and {args.splits_out}" if new_splits or keep_splits else ""))
 
 

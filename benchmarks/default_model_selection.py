@@ -7,8 +7,8 @@ train + validation, scored on the test part. The **choice is made on the validat
 test columns are reported beside it, never used to choose. Extraction time per image (2-core CPU,
 whatever else runs) says what each candidate costs.
 
-    python benchmarks/default_model_selection.py                        # the candidates of the record
-    python benchmarks/default_model_selection.py --candidates lite0:square:192 --classic
+    python -m benchmarks.default_model_selection                        # the candidates of the record
+    python -m benchmarks.default_model_selection --candidates lite0:square:192 --classic
 
 Features are cached per view in ``--cache-dir`` (outside the repo) so reruns only fit heads.
 Writes ``benchmarks/results/default_model_selection.csv``.
@@ -17,23 +17,21 @@ Writes ``benchmarks/results/default_model_selection.csv``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_savoias_root, machine_description  # noqa: E402
+from benchmarks.common import RESULTS, default_savoias_root, machine_description
 
-from pyica.data import load_dataset  # noqa: E402
-from pyica.data.splits import repeated_random_splits  # noqa: E402
-from pyica.loading import load_image  # noqa: E402
-from pyica.metrics import plcc, srcc  # noqa: E402
-from pyica.models.classic import ClassicTransform, classic_feature_vector  # noqa: E402
-from pyica.models.effnet_ridge import EffNetRidge, EffNetRidgeConfig, View  # noqa: E402
-from pyica.models.ridge import ridge_path, select_alpha  # noqa: E402
-from pyica.reports import format_table, write_results_csv  # noqa: E402
+from pyica.data import load_dataset
+from pyica.data.splits import repeated_random_splits
+from pyica.loading import load_image
+from pyica.metrics import plcc, srcc
+from pyica.models.classic import ClassicTransform, classic_feature_vector
+from pyica.models.effnet_ridge import EffNetRidge, EffNetRidgeConfig, View
+from pyica.models.ridge import ridge_path, select_alpha
+from pyica.reports import format_table, write_results_csv
 
 CANDIDATES = ["lite0:square:224", "lite0:square:192", "lite0:longest:320", "lite2:square:260", "lite2:longest:384",
               "lite2:longest:384+lite0:square:224", "lite2:longest:384+lite0:longest:320"]

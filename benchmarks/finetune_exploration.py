@@ -11,7 +11,7 @@ solution (penalty chosen on validation), so epoch 0 is the frozen baseline and t
 credited with what it adds. BatchNorm statistics stay frozen (batches of 32 would make them noisy).
 The epoch is chosen by validation category-mean SRCC; the test part is scored at that epoch only.
 
-    python benchmarks/finetune_exploration.py --splits 3 --epochs 15
+    python -m benchmarks.finetune_exploration --splits 3 --epochs 15
 
 Writes ``benchmarks/results/finetune_exploration.csv`` (one row per split and the mean).
 """
@@ -20,25 +20,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_savoias_root, machine_description  # noqa: E402
-from default_model_selection import category_mean  # noqa: E402
+from benchmarks.common import RESULTS, default_savoias_root, machine_description
+from benchmarks.default_model_selection import category_mean
 
-from pyica.data import load_dataset  # noqa: E402
-from pyica.data.splits import repeated_random_splits  # noqa: E402
-from pyica.loading import load_image  # noqa: E402
-from pyica.metrics import plcc, srcc  # noqa: E402
-from pyica.models.effnet import SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf  # noqa: E402
-from pyica.models.ridge import ridge_path, select_alpha  # noqa: E402
-from pyica.reports import format_table, write_results_csv  # noqa: E402
-from pyica.progress import progress_bar  # noqa: E402
+from pyica.data import load_dataset
+from pyica.data.splits import repeated_random_splits
+from pyica.loading import load_image
+from pyica.metrics import plcc, srcc
+from pyica.models.effnet import SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
+from pyica.models.ridge import ridge_path, select_alpha
+from pyica.reports import format_table, write_results_csv
+from pyica.progress import progress_bar
 
 
 def parse_args(argv=None):

@@ -6,7 +6,7 @@ inputs, ReLU, dropout, AdamW, MSE; weight decay and hidden width chosen per spli
 part, epoch by early stopping on validation). Both are then scored on each split's test part. The
 protocol is the benchmark's: 10 seeded random 8:2 splits, 10% of training held out for validation.
 
-    python benchmarks/head_exploration.py --splits 10
+    python -m benchmarks.head_exploration --splits 10
 
 Writes ``benchmarks/results/head_exploration.csv``.
 """
@@ -15,21 +15,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_savoias_root, machine_description  # noqa: E402
-from default_model_selection import category_mean, view_features  # noqa: E402
+from benchmarks.common import RESULTS, default_savoias_root, machine_description
+from benchmarks.default_model_selection import category_mean, view_features
 
-from pyica.data import load_dataset  # noqa: E402
-from pyica.data.splits import repeated_random_splits  # noqa: E402
-from pyica.metrics import plcc, srcc  # noqa: E402
-from pyica.models.ridge import ridge_path, select_alpha  # noqa: E402
-from pyica.reports import format_table, write_results_csv  # noqa: E402
+from pyica.data import load_dataset
+from pyica.data.splits import repeated_random_splits
+from pyica.metrics import plcc, srcc
+from pyica.models.ridge import ridge_path, select_alpha
+from pyica.reports import format_table, write_results_csv
 
 WIDTHS = (128, 512)
 WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1)

@@ -8,9 +8,9 @@ is scaled to its own map's range, so colours compare places within one map, not 
 Default images: photos that scikit-image ships (free to redistribute, unlike SAVOIAS) and two of the
 repository's synthetic examples. Models are ``NAME`` or ``NAME=WEIGHTS``:
 
-    python benchmarks/maps_figure.py -m effnet_lite0_ridge.savoias \\
+    python -m benchmarks.maps_figure -m effnet_lite0_ridge.savoias \\
         icnet.savoias=runs/icnet.savoias.cpu/icnet.savoias.safetensors
-    python benchmarks/maps_figure.py -m entropy --images a.jpg b.png --out /tmp/maps.png
+    python -m benchmarks.maps_figure -m entropy --images a.jpg b.png --out /tmp/maps.png
 """
 
 from __future__ import annotations

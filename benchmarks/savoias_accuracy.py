@@ -8,28 +8,26 @@ test) for fixed models. SAVOIAS scores are per category, so the headline is the 
 
 Writes ``benchmarks/results/savoias_accuracy.csv`` (tidy: one row per model, protocol, split and
 category; rerunning some models replaces only their rows), ``savoias_accuracy_summary.csv`` (mean and
-std over splits) and the README table between the ``savoias-accuracy`` markers.
+std over splits) and the docs/benchmarks.md table between the ``savoias-accuracy`` markers.
 
-    python benchmarks/savoias_accuracy.py                         # every classic measure + default model
-    python benchmarks/savoias_accuracy.py -m edge_density entropy --no-readme
+    python -m benchmarks.savoias_accuracy                         # every classic measure + default model
+    python -m benchmarks.savoias_accuracy -m edge_density entropy --no-doc
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_savoias_root, machine_description, update_readme_section  # noqa: E402
+from benchmarks.common import RESULTS, default_savoias_root, machine_description, update_doc_section
 
-import pyica  # noqa: E402
-from pyica.data import load_dataset  # noqa: E402
-from pyica.evaluation import make_splits, predict_dataset, run_protocol, split_rows, stamp_rows  # noqa: E402
-from pyica.registry import create_model, get_entry  # noqa: E402
-from pyica.reports import format_table, read_results_csv, summarise, write_results_csv  # noqa: E402
+import pyica
+from pyica.data import load_dataset
+from pyica.evaluation import make_splits, predict_dataset, run_protocol, split_rows, stamp_rows
+from pyica.registry import create_model, get_entry
+from pyica.reports import format_table, read_results_csv, summarise, write_results_csv
 
 
 def parse_args(argv=None):
@@ -43,7 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for scoring")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--out", type=Path, default=RESULTS / "savoias_accuracy.csv", help="tidy results CSV")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    p.add_argument("--no-doc", "--no-readme", action="store_true",
+                   help="do not rewrite the table in docs/benchmarks.md")
     return p.parse_args(argv)
 
 
@@ -66,7 +65,7 @@ def evaluate_model(name: str, ds, args) -> list[dict]:
     return rows
 
 
-def readme_table(summary: list[dict], per_split_rows: list[dict]) -> str:
+def doc_table(summary: list[dict], per_split_rows: list[dict]) -> str:
     """Headline table (10 random splits) plus per-category SRCC on all images."""
     def fmt(row, metric):
         return f"{row[f'{metric}_mean']:.3f} ± {row[f'{metric}_std']:.3f}"
@@ -118,10 +117,10 @@ def main(argv=None) -> None:
 
     summary = summarise(rows)
     write_results_csv(summary, args.out.with_name(args.out.stem + "_summary.csv"))
-    table = readme_table(summary, rows)
+    table = doc_table(summary, rows)
     print("\n" + table)
-    if not args.no_readme:
-        update_readme_section("savoias-accuracy", table)
+    if not args.no_doc:
+        update_doc_section("savoias-accuracy", table)
     print(f"\nwrote {args.out}")
 
 

@@ -15,8 +15,8 @@
 
 Prints a table and writes ``benchmarks/results/score_scale.csv`` (one row per run).
 
-    python benchmarks/score_scale.py                                  # the full run (minutes)
-    python benchmarks/score_scale.py --n 200 --throughput-images 16 --workers 1 --out /tmp/s.csv   # smoke test
+    python -m benchmarks.score_scale                                  # the full run (minutes)
+    python -m benchmarks.score_scale --n 200 --throughput-images 16 --workers 1 --out /tmp/s.csv   # smoke test
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, machine_description  # noqa: E402
-from speed import make_images  # noqa: E402
+from benchmarks.common import REPO, RESULTS, machine_description
+from benchmarks.speed import make_images
 
-import pyica  # noqa: E402
-from pyica.reports import format_table, read_results_csv, write_results_csv  # noqa: E402
+import pyica
+from pyica.reports import format_table, read_results_csv, write_results_csv
 
 COLUMNS = ["part", "model", "inputs", "run", "workers", "batch_size", "peak_rss_mib", "seconds",
            "e2e_images_per_s", "scoring_loop_images_per_s", "output_mib", "omp_num_threads", "machine", "pyica_version", "date"]

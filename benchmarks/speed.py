@@ -14,10 +14,10 @@ ships (no dataset needed; cached in a temp folder, never in the repository):
   Classic measures compute in numpy, which the counter cannot see, so their FLOPs are left empty.
 
 Writes ``benchmarks/results/speed.csv`` (one row per model; rerunning some models replaces only their
-rows) and the README table between the ``speed`` markers (skipped with a warning if they are missing).
+rows) and the docs/benchmarks.md table between the ``speed`` markers (skipped with a warning if they are missing).
 
-    python benchmarks/speed.py                                    # default model + every learned model
-    python benchmarks/speed.py -m compression_ratio_jpeg edge_density --images 64
+    python -m benchmarks.speed                                    # default model + every learned model
+    python -m benchmarks.speed -m compression_ratio_jpeg edge_density --images 64
 """
 
 from __future__ import annotations
@@ -38,14 +38,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import README, REPO, RESULTS, machine_description, update_readme_section  # noqa: E402
+from benchmarks.common import DOC, REPO, RESULTS, machine_description, update_doc_section
 
-import pyica  # noqa: E402
-from pyica.loading import load_image  # noqa: E402
-from pyica.registry import create_model, get_entry  # noqa: E402
-from pyica.reports import format_markdown_table, format_table, write_results_csv  # noqa: E402
-from pyica.runtime import default_num_workers  # noqa: E402
+import pyica
+from pyica.loading import load_image
+from pyica.registry import create_model, get_entry
+from pyica.reports import format_markdown_table, format_table, write_results_csv
+from pyica.runtime import default_num_workers
 
 COLUMNS = ["model", "images", "image_seed", "batch_size", "workers", "e2e_images_per_s",
            "scoring_loop_images_per_s", "model_only_images_per_s", "ratio_loop_to_model", "params",
@@ -74,7 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the CLI warm-up run on a few images (it fills the OS file cache)")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.csv", help="tidy results CSV")
-    p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    p.add_argument("--no-doc", "--no-readme", action="store_true",
+                   help="do not rewrite the table in docs/benchmarks.md")
     return p.parse_args(argv)
 
 
@@ -176,7 +176,7 @@ def read_rows(path: Path) -> list[dict]:
         return [{k: number(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def readme_table(rows: list[dict]) -> str:
+def doc_table(rows: list[dict]) -> str:
     cols = ["model", "e2e_images_per_s", "scoring_loop_images_per_s", "model_only_images_per_s",
             "ratio_loop_to_model", "params", "gflops_per_image"]
     machines = "; ".join(dict.fromkeys(f"{r['machine']} ({r['torch_threads']} torch threads)" for r in rows))
@@ -217,14 +217,14 @@ def main(argv=None) -> None:
     rows += new
     print("\n" + format_table(new, columns=COLUMNS[:12], floatfmt=".2f"))
 
-    table = readme_table(rows)
+    table = doc_table(rows)
     print("\n" + table)
-    if not args.no_readme:
-        text = README.read_text()
+    if not args.no_doc:
+        text = DOC.read_text()
         if "<!-- speed:start -->" in text and "<!-- speed:end -->" in text:
-            update_readme_section("speed", table)
+            update_doc_section("speed", table)
         else:
-            print(f"warning: no <!-- speed:start/end --> markers in {README}; README not updated", file=sys.stderr)
+            print(f"warning: no <!-- speed:start/end --> markers in {DOC}; not updated", file=sys.stderr)
     print(f"\nwrote {args.out}")
 
 

@@ -1,9 +1,9 @@
-"""Model costs (pyica.costs) and the model comparison benchmark (benchmarks/compare_models.py) on tiny inputs."""
+"""Model costs (pyica.costs) and the model comparison benchmark (``python -m benchmarks.compare_models``) on tiny
+inputs."""
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +13,6 @@ from PIL import Image
 from pyica.costs import model_cost
 from pyica.models.base import ComplexityModel
 from pyica.registry import create_model
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 class ToTensor8:
     """RGB image -> float (3, 8, 8)."""
@@ -68,16 +65,15 @@ def two_category_dataset(tmp_path):
     return manifest
 
 
-def test_compare_writes_tidy_csv_and_readme_tables(two_category_dataset, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import compare_models
+def test_compare_writes_tidy_csv_and_readme_tables(two_category_dataset, tmp_path):
+    from benchmarks import compare_models
 
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\nbefore\n<!-- compare:start -->\nold\n<!-- compare:end -->\nafter\n")
     out, per_split = tmp_path / "compare.csv", tmp_path / "splits.csv"
     compare_models.main(["-m", "entropy", "spatial_information", "--dataset", str(two_category_dataset),
                          "--splits", "2", "--workers", "0", "--cost-seconds", "0", "--out", str(out),
-                         "--splits-out", str(per_split), "--readme", str(readme)])
+                         "--splits-out", str(per_split), "--doc", str(readme)])
 
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -119,21 +115,21 @@ def test_compare_writes_tidy_csv_and_readme_tables(two_category_dataset, tmp_pat
     # rerunning one model keeps the other's rows
     compare_models.main(["-m", "entropy", "--protocols", "random", "--dataset", str(two_category_dataset),
                          "--splits", "2", "--workers", "0", "--cost-seconds", "0", "--out", str(out),
-                         "--splits-out", str(per_split), "--no-readme"])
+                         "--splits-out", str(per_split), "--no-doc"])
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert {(r["model"], r["protocol"]) for r in rows} == {("spatial_information", "random"),
                                                            ("spatial_information", "loco"), ("entropy", "random")}
 
 
+@pytest.mark.compare  # trains ICNet: ~40 s each on 2 CPU cores
 @pytest.mark.filterwarnings("ignore:srcc:UserWarning")  # a 4-image validation part cannot rank every category
-def test_compare_trains_slow_model_only_under_slow_protocols(two_category_dataset, tmp_path, monkeypatch):
+def test_compare_trains_slow_model_only_under_slow_protocols(two_category_dataset, tmp_path):
     """--include-slow trains ICNet per split (a 32-px, 1-epoch config here); --slow-protocols random leaves its
     loco row 'not run' with the reason, while a fast model still runs both protocols."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
     import json
 
-    import compare_models
+    from benchmarks import compare_models
 
     config = tmp_path / "icnet_tiny.json"
     config.write_text(json.dumps({"method": "icnet", "model": "icnet.savoias", "dataset": str(two_category_dataset),
@@ -144,7 +140,7 @@ def test_compare_trains_slow_model_only_under_slow_protocols(two_category_datase
                          "--include-slow", "--slow-splits", "1", "--slow-protocols", "random",
                          "--icnet-config", str(config), "--work-dir", str(tmp_path / "work"), "--workers", "0",
                          "--cost-seconds", "0", "--out", str(out), "--splits-out", str(tmp_path / "splits.csv"),
-                         "--no-readme"])
+                         "--no-doc"])
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     icnet = {(r["protocol"], r["category"]): r for r in rows if r["model"] == "icnet.savoias"}
@@ -160,14 +156,14 @@ def test_compare_trains_slow_model_only_under_slow_protocols(two_category_datase
     assert ("loco", "category_mean") in entropy and ("random", "category_mean") in entropy
 
 
+@pytest.mark.compare  # trains ICNet: ~40 s each on 2 CPU cores
 @pytest.mark.filterwarnings("ignore:srcc:UserWarning")
 def test_compare_reuses_fits_of_a_config_that_keeps_its_checkpoints(two_category_dataset, tmp_path, monkeypatch):
     """With keep_checkpoints, --include-slow writes its ICNet fit where `pyica train` keeps its own
     (output_dir/checkpoints), so the fit `pyica train` made is found there; a rerun trains nothing."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
     import json
 
-    import compare_models
+    from benchmarks import compare_models
     from pyica.training.resume import CheckpointFile
 
     config = tmp_path / "icnet_tiny.json"
@@ -177,7 +173,7 @@ def test_compare_reuses_fits_of_a_config_that_keeps_its_checkpoints(two_category
     argv = ["-m", "icnet.savoias", "--dataset", str(two_category_dataset), "--splits", "1", "--include-slow",
             "--slow-protocols", "random", "--icnet-config", str(config), "--work-dir", str(tmp_path / "work"),
             "--workers", "0", "--cost-seconds", "0", "--out", str(tmp_path / "compare.csv"),
-            "--splits-out", str(tmp_path / "splits.csv"), "--no-readme"]
+            "--splits-out", str(tmp_path / "splits.csv"), "--no-doc"]
     compare_models.main(argv)
     fits = list((tmp_path / "runs" / "checkpoints").glob("fit-*.pt"))
     assert len(fits) == 1 and not (tmp_path / "work" / "icnet-checkpoints").exists()

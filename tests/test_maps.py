@@ -1,7 +1,6 @@
 """Complexity maps: patch grid, patch scoring, overlay, atomic writing and `pyica score --maps`."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,11 +188,10 @@ def test_cli_rejects_bad_map_fractions(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
-def test_maps_figure_lays_out_one_row_per_image_and_one_tile_per_model(tmp_path, capsys, monkeypatch):
-    """benchmarks/maps_figure.py: a photo tile then one overlay per model on each row; the printed line names
-    the score and map range of each image under each model."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import maps_figure
+def test_maps_figure_lays_out_one_row_per_image_and_one_tile_per_model(tmp_path, capsys):
+    """python -m benchmarks.maps_figure: a photo tile then one overlay per model on each row; the printed line
+    names the score and map range of each image under each model."""
+    from benchmarks import maps_figure
 
     rng = np.random.default_rng(0)
     flat = tmp_path / "flat.png"
