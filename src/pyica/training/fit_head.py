@@ -40,7 +40,7 @@ import torch
 from ..registry import create_model, get_entry
 from ..weights import load_weights, save_weights, sha256_file
 from . import distributed
-from .trainers import Method
+from .config import Method
 
 __all__ = ["METHOD", "extract_in_shares"]
 

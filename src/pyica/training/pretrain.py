@@ -64,7 +64,7 @@ from ..weights import save_weights
 from ..writers import replace_atomically
 from . import loop
 from .distributed import Distributed
-from .trainers import read_json_config
+from .config import read_json_config
 from .loop import Batch, LoopSettings
 from .resume import CheckpointFile
 

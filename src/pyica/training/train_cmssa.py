@@ -57,7 +57,7 @@ from ..runtime import default_num_workers
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .resume import FitCheckpoints, dataset_fingerprint
-from .trainers import Method
+from .config import Method
 
 __all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup", "METHOD"]
 
@@ -514,7 +514,7 @@ def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path 
     """The trainer of a CM-SSA config (keys besides every trainer's: ``encoders``, ``cmssa``, ``recipe``,
     ``captions``). Under torchrun rank 0 makes (and caches) the captions, then every rank reads them."""
     from ..models.cmssa import CMSSAConfig, build_encoders
-    from .trainers import recipe_from
+    from .config import recipe_from
 
     recipe = recipe_from(TrainRecipe, config, device=options.device,  # each process: its LOCAL_RANK GPU
                          num_workers=options.num_workers)

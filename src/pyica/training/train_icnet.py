@@ -59,7 +59,7 @@ from ..progress import progress_bar
 from . import distributed, loop
 from .loop import Batch, LoopSettings
 from .probe import check_sgd_recipe, lr_factor
-from .trainers import Method
+from .config import Method
 from .resume import FitCheckpoints, dataset_fingerprint
 
 __all__ = ["ICNetRecipe", "ICNetTrainer", "METHOD"]
@@ -312,7 +312,7 @@ def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path 
     ``pretrained_backbone`` (a torchvision-format ResNet-18 file, relative to the config; absent: random
     init) and ``keep_checkpoints`` (keep the fits' checkpoints, e.g. for benchmarks/compare_models.py)."""
     from ..models.resnet import read_state_dict
-    from .trainers import recipe_from
+    from .config import recipe_from
 
     recipe = recipe_from(ICNetRecipe, config, device=options.device, num_workers=options.num_workers)
     icnet_config = ICNetConfig(**(config.get("icnet") or {}))

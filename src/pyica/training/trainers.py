@@ -23,19 +23,17 @@ too, trained on a pretrained encoder rather than from a config.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..evaluation import run_protocol
 from ..reports import CATEGORY_MEAN, POOLED, summarise
 from . import distributed
+from .config import Method, TrainConfig, TrainOptions, load_config, read_json_config, recipe_from
 
 __all__ = ["Trainer", "TrainConfig", "TrainOptions", "Method", "METHODS", "read_json_config", "load_config",
            "build_trainer", "train_config", "evaluate_recipe", "headline_metrics", "recipe_from"]
@@ -54,136 +52,7 @@ class Trainer(Protocol):
         """Scores of ``paths`` by the trained model (``nan`` where a file failed) and ``{path: error}``."""
 
 
-# --- the config ---------------------------------------------------------------------------------------
-
-class EvaluationConfig(BaseModel):
-    """How the recipe is evaluated before the final fit (:func:`pyica.evaluation.run_protocol`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    protocol: Literal["all", "official", "random", "loco"] = "random"
-    n_splits: int = Field(10, ge=1)
-    seed: int = 0
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-
-
-class TrainConfig(BaseModel):
-    """The schema of a ``pyica train`` config (the sections of a method are checked by its recipe)."""
-
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["ridge", "cmssa", "icnet"] = "ridge"
-    model: str = Field(min_length=1)
-    dataset: str = Field(min_length=1)
-    root: str | None = None
-    output_dir: str | None = None
-    evaluation: EvaluationConfig | Literal[False] | None = Field(default_factory=EvaluationConfig)
-    tolerance: float = Field(1e-4, ge=0)
-    note: str | None = None
-    keep_checkpoints: bool = False
-    recipe: dict[str, Any] = Field(default_factory=dict)
-    # method sections: cmssa
-    encoders: dict[str, Any] | None = None
-    cmssa: dict[str, Any] | None = None
-    captions: dict[str, Any] | None = None
-    # icnet
-    icnet: dict[str, Any] | None = None
-    pretrained_backbone: str | None = None
-
-
-def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON config file as a dict, with errors that name the file (shared by every `pyica` trainer)."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: config not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the config ({err})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: a config is a JSON object, not {type(value).__name__}")
-    return value
-
-
-def schema_error(path: str | os.PathLike, err: ValidationError) -> ValueError:
-    """One line naming the file and every field pydantic refused."""
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
-    return ValueError(f"{path}: {problems}")
-
-
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a training config; ``root``, ``output_dir``, ``pretrained_backbone`` and a
-    dataset given as a path are resolved against the config's folder. Returns it as a dict with the
-    evaluation block complete (``None`` when switched off), ``tolerance`` and ``config_file``."""
-    path = Path(path)
-    try:
-        parsed = TrainConfig.model_validate(read_json_config(path))
-    except ValidationError as err:
-        raise schema_error(path, err) from None
-    config = parsed.model_dump(exclude_unset=True)
-    for key in ("root", "output_dir", "pretrained_backbone"):
-        if config.get(key):
-            config[key] = str((path.parent / config[key]).resolve())
-    if (path.parent / config["dataset"]).exists():  # a manifest or folder rather than a dataset name
-        config["dataset"] = str((path.parent / config["dataset"]).resolve())
-    config["method"] = parsed.method
-    config["evaluation"] = parsed.evaluation.model_dump() if parsed.evaluation else None
-    config["tolerance"] = parsed.tolerance
-    config["config_file"] = path.name
-    return config
-
-
-def recipe_from(cls, config: dict, **overrides: Any):
-    """The recipe dataclass ``cls`` from the config's ``recipe`` section; an unknown field is one line
-    naming the config file and the fields ``cls`` knows."""
-    known = {f.name for f in fields(cls)}
-    section = config.get("recipe", {})
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ValueError(f"{config['config_file']}: recipe: unknown field(s) {', '.join(unknown)} "
-                         f"(known: {', '.join(sorted(known))})")
-    return cls(**{**section, **{k: v for k, v in overrides.items() if v is not None}})
-
-
 # --- methods --------------------------------------------------------------------------------------------
-
-@dataclass
-class TrainOptions:
-    """What the command line adds to a config."""
-
-    root: str | None = None
-    output_dir: str | None = None
-    evaluate: bool = True
-    verify: bool = False
-    device: str = "auto"
-    num_workers: int | None = None
-    progress: bool = True
-    resume: bool = False
-
-
-@dataclass
-class Method:
-    """How ``pyica train`` runs one method (each method module defines one: ``METHOD``).
-
-    ``build(config, ds, options, dist, out_dir)`` returns the trainer; ``card(trainer, fit, config, ds,
-    evaluation, dist)`` the card without its weights entry; ``save(trainer, card, path)`` writes weights
-    and card and returns the card. ``final_validation``: carve a validation part for the final fit (to
-    choose its epoch) or fit every image. ``every_rank_trains``: under torchrun every process trains
-    (DDP) or, when false, ``share(trainer, ds, dist, options)`` splits the expensive part and rank 0 does
-    the rest. ``verify(trainer, ds, config, weights_file)``: refit and compare with shipped weights.
-    ``recipe``: checked before anything runs (:func:`recipe_from`)."""
-
-    build: Callable[..., Trainer]
-    card: Callable[..., dict]
-    save: Callable[..., dict]
-    final_validation: bool = True
-    every_rank_trains: bool = True
-    share: Callable[..., Any] | None = None
-    verify: Callable[..., dict] | None = None
-    checkpoints: bool = True
-    recipe: type | None = None  # the dataclass of the config's "recipe" section (None: it takes none)
-
 
 def _method(name: str) -> Method:
     # imported on demand: a method's module pulls in its models (transformers for CM-SSA)
