@@ -238,3 +238,22 @@ def test_a_foreign_or_torn_checkpoint_fails_with_one_line_naming_it(tmp_path):
     path.write_bytes(b"torn")
     with pytest.raises(ValueError, match=r"fit-x\.pt: unreadable checkpoint"):
         CheckpointFile(path).load()
+
+
+def test_the_probe_and_cmssa_layouts_of_pyica_0_1_are_read():
+    from pyica.training.resume import upgrade_checkpoint
+
+    state = {"w": torch.ones(2)}
+    probe = upgrade_checkpoint({"format": "pyica.fit_checkpoint/1", "key": "k", "finished": False, "epoch": 2,
+                                "model": state, "optimizer": {"state": {}}, "scaler": {}, "stale": 1, "iteration": 8,
+                                "best": {"score": 0.5, "epoch": 1, "state": state}, "history": [{"epoch": 1}],
+                                "rng": None})
+    assert (probe["format"], probe["step"], probe["epoch"], probe["stale"]) == (CHECKPOINT_FORMAT, 8, 2, 1)
+    assert probe["best"]["epoch"] == 1 and probe["optimizer"] == {"state": {}}
+    cmssa = upgrade_checkpoint({"format": "pyica.fit_checkpoint/1", "key": "k", "finished": True, "epoch": 3,
+                                "model": state, "result": {"history": [{}, {}, {}], "best_epoch": 2,
+                                                           "selected_on": "validation"}})
+    assert cmssa["finished"] and cmssa["best"]["epoch"] == 2 and len(cmssa["history"]) == 3
+    with pytest.raises(ValueError, match="without an optimiser"):
+        upgrade_checkpoint({"format": "pyica.fit_checkpoint/1", "finished": False, "epoch": 1, "model": state,
+                            "history": [], "best": {"score": 0.0, "epoch": 0}}, "old.pt")

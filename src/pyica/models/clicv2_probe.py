@@ -382,7 +382,7 @@ def _register() -> None:
 
     def build(weights: str | None = None) -> CLICv2Probe:
         if weights is None:
-            raise ValueError(f"{name} has no shipped weights: pretrain and probe one (benchmarks/clicv2_savoias.py "
+            raise ValueError(f"{name} has no shipped weights: pretrain and probe one (python -m benchmarks.clicv2_savoias "
                              "or pyica.training.probe) and pass the .safetensors with --weights")
         model = load_probe(weights)
         arch = (model.card["architecture"].get("encoder") or {}).get("arch")

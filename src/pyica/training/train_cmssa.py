@@ -182,8 +182,8 @@ class CMSSATrainer:
 
     def __init__(self, build_model: Callable[[], CMSSA], recipe: TrainRecipe = TrainRecipe(),
                  captions: dict[str, str] | None = None, name: str = "cmssa",
-                 checkpoint_dir: str | None = None, resume: bool = False):
-        self.build_model, self.recipe, self.name = build_model, recipe, name
+                 checkpoint_dir: str | None = None, resume: bool = False, progress: bool = False):
+        self.build_model, self.recipe, self.name, self.progress = build_model, recipe, name, progress
         self.captions = CaptionLookup(captions) if captions else None
         self.device = distributed.process_device(recipe.device)
         self.checkpoints = FitCheckpoints(checkpoint_dir, resume=resume) if checkpoint_dir else None
@@ -330,7 +330,7 @@ class CMSSATrainer:
                 r.defining(), dataset_fingerprint(train), dataset_fingerprint(val)))
         task = _CMSSATask(self, model, paths, targets, val if has_val else None, cacheable)
         settings = LoopSettings(epochs=r.epochs, amp=r.amp, amp_dtype=r.amp_dtype, patience=r.patience,
-                                find_unused_parameters=True, description=self.name)
+                                find_unused_parameters=True, progress=self.progress, description=self.name)
         fit = loop.run(task, settings, device=self.device, checkpoint=checkpoint)
         # a validation part too small for a correlation (all NaN) cannot choose: keep the last epoch
         selected = has_val and fit.selected
@@ -454,6 +454,8 @@ class _CMSSATask:
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=r.lr,
                                           weight_decay=r.weight_decay)
         self.rng, self.next_epoch = np.random.default_rng(r.seed), 1
+        full, rest = divmod(len(paths), r.batch_size)
+        self.steps_per_epoch = full + (1 if rest and (full == 0 or rest >= max(2, dist.world)) else 0)
 
     def epoch_batches(self, epoch: int, dist, skip: int = 0):
         r = self.recipe
@@ -465,7 +467,6 @@ class _CMSSATask:
         # an in-batch softmax needs two captions, and every process at least one image
         if len(batches) > 1 and len(batches[-1]) < max(2, dist.world):
             batches[-2].extend(batches.pop())
-        self.steps_per_epoch = len(batches)
         for batch_paths, images, n_global in loop.skip_batches(
                 self.trainer._epoch_batches(self.model, batches, epoch, self.cacheable, dist), skip):
             yield Batch((batch_paths, images), len(batch_paths), n_global)
@@ -535,7 +536,8 @@ def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path 
         return CMSSA(copy.deepcopy(encoders), cmssa_config)
 
     return CMSSATrainer(build, recipe, captions, name=config["model"],
-                        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=options.resume)
+                        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, resume=options.resume,
+                        progress=options.progress and dist.main)
 
 
 def _card(trainer: CMSSATrainer, fit: dict, config: dict, ds, evaluation, dist) -> dict:

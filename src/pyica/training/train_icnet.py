@@ -310,7 +310,7 @@ def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path 
     """The trainer of an ICNet config. Config keys besides every trainer's: ``icnet``
     (:class:`~pyica.models.icnet.ICNetConfig` fields), ``recipe`` (:class:`ICNetRecipe` fields),
     ``pretrained_backbone`` (a torchvision-format ResNet-18 file, relative to the config; absent: random
-    init) and ``keep_checkpoints`` (keep the fits' checkpoints, e.g. for benchmarks/compare_models.py)."""
+    init) and ``keep_checkpoints`` (keep the fits' checkpoints, e.g. for python -m benchmarks.compare_models)."""
     from ..models.resnet import read_state_dict
     from .config import recipe_from
 
