@@ -481,7 +481,9 @@ def cmd_train(args) -> int:
             m = metrics[scope]
             print(f"{scope}: SRCC {m['srcc_mean']:.3f} ± {m['srcc_std']:.3f}, PLCC {m['plcc_mean']:.3f} ± "
                   f"{m['plcc_std']:.3f} over {m['n_splits']} splits", file=sys.stderr)
-    print(json.dumps({k: result.get(k) for k in ("name", "evaluation", "weights")}, indent=2))
+    weights = result["weights"]
+    print(json.dumps({"name": result.get("name"), "evaluation": result.get("evaluation"),
+                      "weights": {k: weights.get(k) for k in ("file", "sha256", "format")}}, indent=2))
     print(f"pyica: wrote {result['weights']['file']} (sha256 {result['weights']['sha256'][:12]}...) and its card",
           file=sys.stderr)
     return 0
