@@ -75,17 +75,23 @@ def _dataset(root: Path, n: int, write: bool = False):
     return ComplexityDataset("toy", root, np.array(names), scores, np.array(["a", "b"] * (n // 2)), np.array([]))
 
 
-def _probe_results(data: Path) -> dict:
-    from pyica.models.clicv2_probe import CLICv2Probe, build_head, random_encoder
-    from pyica.models.vit import vit_config
+def _shared_dataset(data: Path, n: int = 14):
+    """The toy dataset, its images written by rank 0 and read by every process after a barrier."""
     from pyica.training import distributed
-    from pyica.training.probe import ProbeRecipe, ProbeTrainer
 
     dist = distributed.current("cpu")
     if dist.main:
-        _dataset(data, 14, write=True)
+        _dataset(data, n, write=True)
     dist.barrier()
-    ds = _dataset(data, 14)
+    return _dataset(data, n)
+
+
+def _probe_results(data: Path) -> dict:
+    from pyica.models.clicv2_probe import CLICv2Probe, build_head, random_encoder
+    from pyica.models.vit import vit_config
+    from pyica.training.probe import ProbeRecipe, ProbeTrainer
+
+    ds = _shared_dataset(data)
     encoder, info = random_encoder(vit_config("vit_tiny", patch_size=8, image_size=32, dim=32, depth=2, heads=2),
                                    seed=0, arch="vit_tiny")
     out = {}
@@ -149,14 +155,9 @@ def _cmssa_results(data: Path) -> dict:
 
     from pyica.models.cmssa import CMSSA, CMSSAConfig
     from pyica.models.cmssa_offline import EffNetMiniLMEncoders, minilm_path
-    from pyica.training import distributed
     from pyica.training.train_cmssa import CMSSATrainer, TrainRecipe
 
-    dist = distributed.current("cpu")
-    if dist.main:
-        _dataset(data, 14, write=True)
-    dist.barrier()
-    ds = _dataset(data, 14)
+    ds = _shared_dataset(data)
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
     torch.manual_seed(0)
     bert = transformers.BertModel(transformers.BertConfig(
@@ -179,14 +180,9 @@ def _icnet_results(data: Path) -> dict:
     from test_icnet import TINY
 
     from pyica.models.icnet import ICNet, ICNetConfig, ICNetModel
-    from pyica.training import distributed
     from pyica.training.train_icnet import ICNetRecipe, ICNetTrainer
 
-    dist = distributed.current("cpu")
-    if dist.main:
-        _dataset(data, 14, write=True)
-    dist.barrier()
-    ds = _dataset(data, 14)
+    ds = _shared_dataset(data)
     recipe = ICNetRecipe(epochs=2, batch_size=4, lr=0.01, device="cpu", num_workers=0)
     trainer = ICNetTrainer(lambda: ICNetModel(ICNet(ICNetConfig(**TINY))), recipe)
     fit = trainer.fit_dataset(ds.subset(np.arange(8)), ds.subset(np.arange(8, 14)))
