@@ -88,6 +88,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=RESULTS / "generalization.csv", help="tidy results CSV")
     p.add_argument("--doc", type=Path, default=DOC, help="Markdown file whose generalization section is rewritten")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite the docs section")
+    p.add_argument("--doc-only", action="store_true", help="only rewrite the docs section from --out (run nothing)")
     args = p.parse_args(argv)
     if args.quick:
         args.splits, args.suite_groups, args.suite_levels, args.suite_size = min(args.splits, 2), 2, 4, 96
@@ -247,8 +248,8 @@ def summary_table(rows: list[dict]) -> list[dict]:
             r = means.get((model, protocol))
             value = math.nan if r is None else float(r["srcc"])
             std = math.nan if r is None or protocol != "random" else float(r.get("srcc_std") or math.nan)
-            line[protocol.replace("_", " ")] = ("—" if math.isnan(value) else f"{value:.3f}"
-                                                + ("" if math.isnan(std) else f" ± {std:.3f}"))
+            line[protocol.replace("_", " ")] = ("—" if r is None else "const" if math.isnan(value) else
+                                                f"{value:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}"))
             if protocol == "loco":
                 loco = [x for x in rows if x["model"] == model and x["protocol"] == "loco"
                         and x["category"] != CATEGORY_MEAN]
@@ -287,7 +288,8 @@ def doc_text(rows: list[dict], meta: str) -> str:
         "six; `random`: mean ± std over the random 8:2 splits; `loco <shift>`: the held-out category re-rendered in "
         "another domain, scored by the head fitted on the other categories' original images, against the "
         "original's human scores; `suite <name>`: mean within-group SRCC on a constructed-order suite, learned "
-        f"models fitted on all of the dataset). {meta}", "",
+        "models fitted on all of the dataset; `const`: the model scores every image of some category or group "
+        f"alike, so that SRCC is undefined). {meta}", "",
         format_markdown_table(summary_table(rows)), ""]
     table = per_category_table(rows)
     if table:
@@ -317,6 +319,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.doc_only:
+        rows = read_results_csv(args.out)
+        dates = ", ".join(sorted({str(r["date"]) for r in rows if r.get("date")}))
+        write_doc(rows, f"Measured on {machine_description()} ({dates}); `—`: not run for that model.", args)
+        return
     t_start = time.perf_counter()
     ds = load_data(args)
     names = selected_names(args.models)
@@ -362,16 +369,20 @@ def main(argv=None) -> None:
         write_results_csv(kept + new, args.out)  # after every model, so an interrupted run keeps its numbers
 
     minutes = (time.perf_counter() - t_start) / 60
-    meta = (f"{ds.name}, {len(ds)} images; shifts: {', '.join(args.shifts) or 'none'}; suites of "
-            f"{args.suite_groups} groups x {args.suite_levels} levels at {args.suite_size} px; {args.splits} random "
-            f"splits. Measured on {machine_description()}, torch threads {torch.get_num_threads()} "
-            f"({date.today().isoformat()}; this run: {minutes:.0f} min). `{args.command}`")
-    text = doc_text(read_results_csv(args.out), meta)
+    meta = (f"{ds.name}, {len(ds)} images; suites of {args.suite_groups} groups x {args.suite_levels} levels at "
+            f"{args.suite_size} px; {args.splits} random splits. Measured on {machine_description()}, torch threads "
+            f"{torch.get_num_threads()} ({date.today().isoformat()}). Last command: `{args.command}` ({minutes:.0f} "
+            "min); rows of models not in it are kept from earlier runs; `—`: not run for that model.")
+    write_doc(read_results_csv(args.out), meta, args)
+    print(f"wrote {args.out} ({minutes:.1f} min)")
+
+
+def write_doc(rows: list[dict], meta: str, args) -> None:
+    text = doc_text(rows, meta)
     print("\n" + text)
     if not args.no_doc:
         update_doc_section("generalization", text, doc=args.doc)
         print(f"\nupdated {args.doc}")
-    print(f"wrote {args.out} ({minutes:.1f} min)")
 
 
 if __name__ == "__main__":

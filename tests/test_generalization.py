@@ -57,3 +57,5 @@ def test_quick_run_writes_every_protocol(tmp_path, capsys):
     again = read_results_csv(out)
     assert {r["protocol"] for r in again if r["model"] == "entropy"} == {"loco", "random"}
     assert len([r for r in again if r["model"] == "edge_density"]) == len([r for r in rows if r["model"] == "edge_density"])
+    generalization.main(["--doc-only", "--out", str(out), "--doc", str(doc)])
+    assert "| `edge_density` |" in doc.read_text() and doc.read_text().endswith("## after\n")
