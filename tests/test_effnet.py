@@ -232,3 +232,18 @@ def test_score_files_equals_forward(tmp_path):
     direct = model.score_images([Image.open(p).convert("RGB") for p in ds.full_paths()]).numpy()
     np.testing.assert_allclose(cached[:-1], direct, rtol=1e-5, atol=1e-6)
     assert np.isnan(cached[-1]) and "broken.jpg" in errors[paths[-1]]
+
+
+def test_category_rank_targets_keep_only_the_order_inside_each_category():
+    from pyica.models.effnet_ridge import EffNetRidgeConfig, training_targets
+
+    scores = np.array([10.0, 90.0, 50.0, 0.0, 100.0, 3.0])
+    cats = np.array(["a", "a", "a", "b", "b", "b"])
+    ranks = training_targets(scores, cats, 0.0, 100.0, "category_rank")
+    np.testing.assert_allclose(ranks, [0.5 / 3, 2.5 / 3, 1.5 / 3, 0.5 / 3, 2.5 / 3, 1.5 / 3])
+    np.testing.assert_allclose(training_targets(scores, cats, 0.0, 100.0, "score"), scores / 100)
+    # ties share their mid-rank; no categories: ranked together
+    np.testing.assert_allclose(training_targets(np.array([1.0, 1.0, 2.0]), np.array([]), 0, 2, "category_rank"),
+                               [1 / 3, 1 / 3, 2.5 / 3])
+    with pytest.raises(ValueError, match="targets"):
+        EffNetRidgeConfig(targets="mos")

@@ -35,7 +35,7 @@ from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
 from .ridge import ALPHAS, RidgeHead, ridge_path, select_alpha
 
-__all__ = ["View", "EffNetRidgeConfig", "EffNetRidge", "PRESETS", "weights_path", "card_path", "load_card"]
+__all__ = ["View", "EffNetRidgeConfig", "EffNetRidge", "PRESETS", "TARGETS", "training_targets", "weights_path", "card_path", "load_card"]
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,42 @@ class View:
         return stack_collate if self.resize == "square" else list_collate
 
 
+#: What the ridge head is fitted to (:func:`training_targets`).
+TARGETS = ("score", "category_rank")
+
+
 @dataclass(frozen=True)
 class EffNetRidgeConfig:
     """The views whose pooled features are concatenated before the head (one view: the default model;
-    two backbones at two scales: the accurate preset)."""
+    two backbones at two scales: the accurate preset), and what the head learns (``targets``)."""
 
     views: tuple[View, ...] = (View(),)
+    targets: str = "score"
 
     def __post_init__(self) -> None:
         if not self.views:
             raise ValueError("at least one view is needed")
+        if self.targets not in TARGETS:
+            raise ValueError(f"targets must be one of {TARGETS}, not {self.targets!r}")
+
+
+def training_targets(scores: np.ndarray, categories: np.ndarray, low: float, high: float, kind: str) -> np.ndarray:
+    """The values the head is fitted to. ``"score"``: the human score mapped from ``[low, high]`` to
+    [0, 1]. ``"category_rank"``: the image's mid-rank within its category, ``(rank - 0.5) / n``, so that
+    only the order inside a category is learned. SAVOIAS scores are per-category scales (each category
+    spans 0 to 100 whatever its images look like); regressing them lets each category's spread and
+    offset pull on the head, ranks do not. Images without a category are ranked together."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if kind == "score":
+        return (scores - low) / (high - low)
+    from scipy.stats import rankdata
+
+    categories = np.asarray(categories, dtype=str) if len(categories) else np.full(len(scores), "")
+    out = np.empty(len(scores))
+    for name in np.unique(categories):
+        idx = np.flatnonzero(categories == name)
+        out[idx] = (rankdata(scores[idx]) - 0.5) / len(idx)
+    return out
 
 
 @dataclass(frozen=True)
@@ -265,7 +291,9 @@ class EffNetRidge(ComplexityModel):
             for path, message in errors.items():
                 log.warning("skipped in training: %s", message)
             ok = ~np.isnan(x).any(1)
-            data.append((x[ok], (part.scores[ok] - low) / (high - low), part.categories[ok]))
+            categories = part.categories[ok] if len(part.categories) else np.full(int(ok.sum()), "")
+            data.append((x[ok], training_targets(part.scores[ok], categories, low, high, self.config.targets),
+                         categories))
         (train_x, train_y, _), *rest = data
         if rest:
             val_x, val_y, val_c = rest[0]
@@ -277,7 +305,7 @@ class EffNetRidge(ComplexityModel):
         self.set_head(ridge_path(all_x, all_y, [alpha])[0])
         return {"alpha": alpha, "alphas": list(alphas), "selection_scores": [round(s, 6) for s in path_scores],
                 "selected_on": "validation" if rest else "leave-one-out", "n_train": int(len(all_y)),
-                "label_range": [low, high]}
+                "label_range": [low, high], "targets": self.config.targets}
 
 
 def squash_to_unit(raw: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
@@ -301,6 +329,11 @@ PRESETS: dict[str, tuple[EffNetRidgeConfig, str]] = {
     "effnet_lite0_ridge.savoias": (
         EffNetRidgeConfig((View("lite0", "square", 192),)),
         "default: EfficientNet-Lite0 (192 px square) multi-stage mean/std features + ridge, trained on SAVOIAS",
+    ),
+    "effnet_lite0_rank.savoias": (
+        EffNetRidgeConfig((View("lite0", "square", 192),), targets="category_rank"),
+        "the default's features (EfficientNet-Lite0, 192 px square) + ridge fitted to within-category ranks, "
+        "trained on SAVOIAS",
     ),
     "effnet_lite2_lite0_ridge.savoias": (
         EffNetRidgeConfig((View("lite2", "longest", 384), View("lite0", "square", 224))),

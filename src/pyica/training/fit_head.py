@@ -105,7 +105,8 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
         "description": description,
         "architecture": {
             "name": "effnet_ridge",
-            "arguments": {"views": [{"variant": v.variant, "resize": v.resize, "size": v.size} for v in views]},
+            "arguments": {"views": [{"variant": v.variant, "resize": v.resize, "size": v.size} for v in views],
+                          **({"targets": model.config.targets} if model.config.targets != "score" else {})},
             "backbones": [{
                 "name": f"EfficientNet-{variant.capitalize()} (efficientnet_lite_pytorch), frozen, "
                         "BatchNorm folded into the convolutions",
@@ -128,14 +129,16 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
         },
         "score": {
             "range": list(model.score_range), "higher": "more complex",
-            "meaning": "predicted SAVOIAS score / 100, squashed into (0, 1) keeping the order near the ends; "
-                       "SAVOIAS scores rank images "
-                       "inside one category, so compare scores of similar images",
+            "meaning": (("predicted SAVOIAS score / 100" if model.config.targets == "score" else
+                         "predicted rank of the image within a SAVOIAS category, (rank - 0.5) / n")
+                        + ", squashed into (0, 1) keeping the order near the ends; SAVOIAS scores rank images "
+                          "inside one category, so compare scores of similar images"),
         },
         "training": {
             "dataset": ds.name, "images": fit["n_train"], "root": Path(root).name if root else None,
             "labels_sha256": sha256_file(labels) if labels.is_file() else None,
-            "target": f"score rescaled from {fit['label_range']} to [0, 1]",
+            "target": (f"score rescaled from {fit['label_range']} to [0, 1]" if model.config.targets == "score"
+                       else "mid-rank within the image's category, (rank - 0.5) / n"),
             "alpha_selection": (f"{fit['selected_on']} "
                                 + ("(mean within-category SRCC)" if fit["selected_on"] == "validation"
                                    else "(mean squared error)")
