@@ -36,6 +36,18 @@ def crash_after_saves(monkeypatch, n: int) -> list[dict]:
     return written
 
 
+def fit_then_crash(trainer, train, val, checkpoint_dir, monkeypatch, saves: int):
+    """An uninterrupted fit (trainer and result), then the same fit with checkpoints in ``checkpoint_dir``
+    killed after its ``saves``-th checkpoint write; returns them and the states written before the kill."""
+    whole = trainer()
+    expected = whole.fit_dataset(train, val)
+    written = crash_after_saves(monkeypatch, saves)
+    with pytest.raises(_Crash):
+        trainer(checkpoint_dir=checkpoint_dir).fit_dataset(train, val)
+    monkeypatch.undo()
+    return whole, expected, written
+
+
 def _rows(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
@@ -57,19 +69,13 @@ def test_probe_resumed_after_a_crash_ends_exactly_like_an_uninterrupted_fit(tmp_
     def trainer(**kw):
         return ProbeTrainer(lambda: make_probe(encoder, "linear"), r, cache=cache, **kw)
 
-    whole = trainer()
-    expected = whole.fit_dataset(train, val)
-
     # 4 epoch checkpoints + 1 finished for lr 0.05, then lr 0.2 is killed after its epoch 2
-    written = crash_after_saves(monkeypatch, 7)
-    with pytest.raises(_Crash):
-        trainer(checkpoint_dir=tmp_path / "ck").fit_dataset(train, val)
+    whole, expected, written = fit_then_crash(trainer, train, val, tmp_path / "ck", monkeypatch, 7)
     assert [s["finished"] for s in written] == [False] * 4 + [True, False, False]
     files = FitCheckpoints(tmp_path / "ck").files()
     assert len(files) == 2
     for f in files:  # plain tensors and containers only
         assert torch.load(f, weights_only=True)["format"] == CHECKPOINT_FORMAT
-    monkeypatch.undo()
 
     resumed = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
     got = resumed.fit_dataset(train, val)
@@ -122,13 +128,7 @@ def test_cmssa_resumed_after_a_crash_ends_exactly_like_an_uninterrupted_fit(tmp_
         return CMSSATrainer(lambda: CMSSA(copy.deepcopy(encoders), config), recipe, captions=captions, **kw)
 
     train, val = ds.subset(np.arange(8)), ds.subset(np.arange(8, 12))
-    whole = trainer()
-    expected = whole.fit_dataset(train, val)
-
-    crash_after_saves(monkeypatch, 2)
-    with pytest.raises(_Crash):
-        trainer(checkpoint_dir=tmp_path / "ck").fit_dataset(train, val)
-    monkeypatch.undo()
+    whole, expected, _ = fit_then_crash(trainer, train, val, tmp_path / "ck", monkeypatch, 2)
     resumed = trainer(checkpoint_dir=tmp_path / "ck", resume=True)
     got = resumed.fit_dataset(train, val)
     state, want = resumed.model.trainable_state_dict(), whole.model.trainable_state_dict()
@@ -214,12 +214,7 @@ def test_an_icnet_checkpoint_of_the_older_layout_resumes_exactly(tmp_path, monke
     def trainer(**kw):
         return ICNetTrainer(lambda: ICNetModel(ICNet(ICNetConfig(**TINY))), recipe, **kw)
 
-    whole = trainer()
-    expected = whole.fit_dataset(train, val)
-    crash_after_saves(monkeypatch, 1)
-    with pytest.raises(_Crash):
-        trainer(checkpoint_dir=tmp_path / "ck").fit_dataset(train, val)
-    monkeypatch.undo()
+    whole, expected, _ = fit_then_crash(trainer, train, val, tmp_path / "ck", monkeypatch, 1)
     (file,) = FitCheckpoints(tmp_path / "ck").files()
     torch.save(_as_icnet_v1(torch.load(file, weights_only=True)), file)
 

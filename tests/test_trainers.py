@@ -48,6 +48,18 @@ def test_an_unknown_recipe_field_is_refused_before_anything_runs(tmp_path):
         build_trainer(config, None, TrainOptions(device="cpu"))
 
 
+@pytest.mark.parametrize("change, words", [
+    ({"recipe": {"epochs": "ten"}}, "recipe: '<' not supported"),
+    ({"icnet": {"inputsize": 64}}, "icnet: unknown field(s) inputsize"),
+    ({"evaluation": True, "recipe": {"lr": -1}}, "recipe: lr must be positive"),
+])
+def test_a_bad_method_section_is_one_line_before_any_data_is_read(tmp_path, change, words):
+    path = write(tmp_path, {**BASE, "dataset": "no_such_dataset.csv", **change})
+    with pytest.raises(ValueError) as err:
+        train_config(path, TrainOptions(device="cpu"))
+    assert str(err.value).startswith("c.json: ") and words in str(err.value) and "\n" not in str(err.value)
+
+
 def test_every_method_builds_a_trainer_through_one_function(tmp_path):
     assert METHODS == ("ridge", "cmssa", "icnet")
     trainer = build_trainer(load_config(write(tmp_path, BASE)), None, TrainOptions(device="cpu"))

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = ["TrainConfig", "EvaluationConfig", "TrainOptions", "Method", "read_json_config", "load_config",
-           "recipe_from", "schema_error"]
+           "section_from", "schema_error"]
 
 
 class EvaluationConfig(BaseModel):
@@ -36,7 +36,7 @@ class TrainConfig(BaseModel):
     dataset: str = Field(min_length=1)
     root: str | None = None
     output_dir: str | None = None
-    evaluation: EvaluationConfig | Literal[False] | None = Field(default_factory=EvaluationConfig)
+    evaluation: EvaluationConfig | None = Field(default_factory=EvaluationConfig)  # false: none
     tolerance: float = Field(1e-4, ge=0)
     note: str | None = None
     keep_checkpoints: bool = False
@@ -48,6 +48,12 @@ class TrainConfig(BaseModel):
     # icnet
     icnet: dict[str, Any] | None = None
     pretrained_backbone: str | None = None
+
+    @field_validator("evaluation", mode="before")
+    @classmethod
+    def _switch(cls, value):
+        # ``false`` switches the evaluation off, ``true`` keeps the defaults; one type left for the errors
+        return None if value is False else {} if value is True else value
 
 
 def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -94,16 +100,19 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def recipe_from(cls, config: dict, **overrides: Any):
-    """The recipe dataclass ``cls`` from the config's ``recipe`` section; an unknown field is one line
-    naming the config file and the fields ``cls`` knows."""
+def section_from(cls, config: dict, section: str, **overrides: Any):
+    """The dataclass ``cls`` (a recipe, a network's settings) from the config's ``section``; an unknown
+    field or a value ``cls`` refuses is one line naming the config file, the section and the problem."""
     known = {f.name for f in fields(cls)}
-    section = config.get("recipe", {})
-    unknown = sorted(set(section) - known)
+    values = config.get(section) or {}
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{config['config_file']}: recipe: unknown field(s) {', '.join(unknown)} "
+        raise ValueError(f"{config['config_file']}: {section}: unknown field(s) {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(known))})")
-    return cls(**{**section, **{k: v for k, v in overrides.items() if v is not None}})
+    try:
+        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+    except (TypeError, ValueError) as err:  # e.g. "epochs": "ten" fails a comparison in __post_init__
+        raise ValueError(f"{config['config_file']}: {section}: {err}") from None
 
 
 
@@ -131,7 +140,9 @@ class Method:
     choose its epoch) or fit every image. ``every_rank_trains``: under torchrun every process trains
     (DDP) or, when false, ``share(trainer, ds, dist, options)`` splits the expensive part and rank 0 does
     the rest. ``verify(trainer, ds, config, weights_file)``: refit and compare with shipped weights.
-    ``recipe``: checked before anything runs (:func:`recipe_from`)."""
+    ``sections``: the config's sections and the dataclasses they fill (``recipe``, a network's
+    settings), checked before anything runs (:func:`section_from`); a recipe a method has no dataclass
+    for is refused."""
 
     build: Callable[..., Any]  # -> a Trainer (pyica.training.trainers)
     card: Callable[..., dict]
@@ -141,4 +152,4 @@ class Method:
     share: Callable[..., Any] | None = None
     verify: Callable[..., dict] | None = None
     checkpoints: bool = True
-    recipe: type | None = None  # the dataclass of the config's "recipe" section (None: it takes none)
+    sections: dict[str, type] = field(default_factory=dict)

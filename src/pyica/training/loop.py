@@ -121,8 +121,6 @@ class LoopResult:
     resumed_after_epoch: int | None = None
     finished: bool = True  # False: stopped by max_steps or a signal before the last epoch
     stopped_by_signal: bool = False
-    restored: bool = False  # a finished fit loaded from its checkpoint, nothing trained
-    task_state: dict = field(default_factory=dict)
 
     @property
     def selected(self) -> bool:
@@ -178,23 +176,24 @@ def _epoch_means(parts: list[dict[str, float]], sizes: list[tuple[int, int]], di
 
 
 def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
-        checkpoint: CheckpointFile | None = None, hooks: Any = None) -> LoopResult:
+        checkpoint: CheckpointFile | None = None) -> LoopResult:
     """Train ``task`` for ``settings.epochs`` epochs (module doc); returns the history and the selection.
 
-    ``checkpoint``: where this fit's checkpoint lives (read back when its ``resume`` is set). ``hooks``: an
-    optional object with ``on_step(step, epoch, lr, loss, parts, batch)`` and ``on_checkpoint(state)``
-    (e.g. pretraining's log file and run statistics)."""
+    ``checkpoint``: where this fit's checkpoint lives (read back when its ``resume`` is set). A task may
+    also define ``on_step(step, epoch, lr, loss, parts, batch)``, called after every step (e.g.
+    pretraining's log file and run statistics), and ``state()``/``load_state(state)`` for what its
+    checkpoints keep besides the loop's."""
     dist = distributed.current(device)
     saved = checkpoint.load() if checkpoint is not None else None
-    if saved is not None and saved["finished"]:
+    if saved is not None:
         task.load_trainable_state(saved["model"])
         if saved.get("task") is not None and callable(getattr(task, "load_state", None)):
             task.load_state(saved["task"])
-        if dist.main:
-            log.info("%s: finished fit restored from %s", settings.description, checkpoint.path)
-        return LoopResult(list(saved["history"]), float(saved["best"]["score"]), int(saved["best"]["epoch"]),
-                          int(saved["step"]), int(saved["epoch"]), resumed_after_epoch=int(saved["epoch"]),
-                          restored=True, task_state=dict(saved.get("task") or {}))
+        if saved["finished"]:
+            if dist.main:
+                log.info("%s: finished fit restored from %s", settings.description, checkpoint.path)
+            return LoopResult(list(saved["history"]), float(saved["best"]["score"]), int(saved["best"]["epoch"]),
+                              int(saved["step"]), int(saved["epoch"]), resumed_after_epoch=int(saved["epoch"]))
 
     if dist.world > 1 and settings.global_batchnorm:
         task.module = distributed.convert_global_batchnorm(task.module)
@@ -206,7 +205,6 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
     history: list[dict] = []
     stale, step, epoch_done, epoch_step, resumed_after = 0, 0, 0, 0, None
     if saved is not None:
-        task.load_trainable_state(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
@@ -216,8 +214,6 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
         step, epoch_done, epoch_step = int(saved["step"]), int(saved["epoch"]), int(saved.get("epoch_step", 0))
         if saved.get("rng") is not None:
             set_rng_state(saved["rng"])
-        if saved.get("task") is not None and callable(getattr(task, "load_state", None)):
-            task.load_state(saved["task"])
         resumed_after = epoch_done
         if dist.main:
             log.info("%s: resumed after epoch %d (step %d) from %s", settings.description, epoch_done, step,
@@ -236,12 +232,11 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
     def save(finished: bool) -> None:
         if checkpoint is not None and dist.main:
             checkpoint.save(state(finished))
-        if hooks is not None and callable(getattr(hooks, "on_checkpoint", None)):
-            hooks.on_checkpoint(step)
 
     stop_at = settings.max_steps
     stopped = settings.patience is not None and stale >= settings.patience
     saved_at = step
+    on_step = getattr(task, "on_step", None)
     bar = _progress(settings, task, dist, epoch_done, epoch_step)
     try:
         with _StopFlag(settings.stop_on_signal) as stop:
@@ -280,8 +275,8 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
                     step += 1
                     epoch_step += 1
                     bar.update(1)
-                    if hooks is not None and callable(getattr(hooks, "on_step", None)):
-                        hooks.on_step(step, epoch, lr, loss, parts, batch)
+                    if on_step is not None:
+                        on_step(step, epoch, lr, loss, parts, batch)
                     if settings.checkpoint_every and step % settings.checkpoint_every == 0 and \
                             (stop_at is None or step < stop_at):
                         save(False)
@@ -310,7 +305,6 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
                         best, stale = (row["val_srcc"], epoch, copy.deepcopy(task.trainable_state())), 0
                     elif np.isfinite(row["val_srcc"]):
                         stale += 1
-                    task.module.train()
                 history.append(row)
                 if dist.main:
                     log.info("%s epoch %d: %s", settings.description, epoch, row)
@@ -334,11 +328,8 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
         task.module = distributed.revert_global_batchnorm(task.module)
     if finished:
         save(True)
-    result = LoopResult(history, float(best[0]), best[1] if finished else 0, step, epoch_done,
-                        resumed_after_epoch=resumed_after, finished=finished, stopped_by_signal=stop.set)
-    if callable(getattr(task, "state", None)):
-        result.task_state = task.state()
-    return result
+    return LoopResult(history, float(best[0]), best[1] if finished else 0, step, epoch_done,
+                      resumed_after_epoch=resumed_after, finished=finished, stopped_by_signal=stop.set)
 
 
 def _update(optimizer, scaler, task, settings: LoopSettings) -> None:

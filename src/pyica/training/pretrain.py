@@ -308,7 +308,7 @@ def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, b
         checkpoint_every=int(cfg["checkpoint_every"]), max_steps=stop_at, stop_on_signal=True,
         progress=progress, description="pretraining")
     try:
-        fit = loop.run(task, settings, device=device, checkpoint=CheckpointFile(ckpt_path, resume=resume), hooks=task)
+        fit = loop.run(task, settings, device=device, checkpoint=CheckpointFile(ckpt_path, resume=resume))
     finally:
         task.close()
     step = fit.steps
@@ -331,7 +331,7 @@ class _PretrainTask:
     unlabeled stream (which starts at any position: its order and crops are functions of
     ``(seed, epoch, position)``), the model's generator is re-seeded from ``(seed, rank, step)`` before
     every step, AdamW with warm-up + cosine per step, the model's ``momentum_update`` after every update;
-    it is also the loop's hooks: ``log.jsonl`` rows and the run's statistics."""
+    its ``on_step`` writes the ``log.jsonl`` rows and keeps the run's statistics."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stream, cfg: dict, dist: Distributed, *,
                  steps_per_epoch: int, total_steps: int, warmup_steps: int, peak_lr: float, stop_at: int,
@@ -420,14 +420,14 @@ class _PretrainTask:
             log.info("resumed %s at step %d (epoch %d, %d samples into it)", Path(self.cfg["output_dir"]) / CHECKPOINT,
                      self.resumed_from, *self.position)
 
-    # --- the loop's hooks --------------------------------------------------------------------------
+    # --- after every step (the loop calls on_step) -----------------------------------------------------
 
     def on_step(self, step: int, epoch: int, lr, loss, parts, batch) -> None:  # noqa: ARG002
         if loss is not None:
             self.last_loss, self.last_parts = float(loss.detach()), parts
         self.window_steps += 1
-        self.position = divmod(step, self.steps_per_epoch)
-        self.position = (self.position[0], self.position[1] * self.global_batch)
+        epoch_index, steps_into_epoch = divmod(step, self.steps_per_epoch)
+        self.position = (epoch_index, steps_into_epoch * self.global_batch)
         if not self.dist.main or not (step % int(self.cfg["log_every"]) == 0 or step == self.stop_at) \
                 or self.last_loss is None:
             return

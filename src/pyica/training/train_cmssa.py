@@ -51,13 +51,13 @@ from ..data.dataset import ComplexityDataset, label_range
 from ..inputs import iter_batches
 from ..loading import load_image
 from ..metrics import selection_score
-from ..models.cmssa import CMSSA, alignment_scores
+from ..models.cmssa import CMSSA, CMSSAConfig, alignment_scores
 from ..progress import progress_bar
 from ..runtime import default_num_workers
 from . import distributed, loop
+from .config import Method
 from .loop import Batch, LoopSettings
 from .resume import FitCheckpoints, dataset_fingerprint
-from .config import Method
 
 __all__ = ["TrainRecipe", "CMSSATrainer", "RandomCrop", "CaptionLookup", "METHOD"]
 
@@ -514,12 +514,12 @@ def captions_for(config: dict, ds: ComplexityDataset, out_dir: Path, device: str
 def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path | None = None) -> CMSSATrainer:
     """The trainer of a CM-SSA config (keys besides every trainer's: ``encoders``, ``cmssa``, ``recipe``,
     ``captions``). Under torchrun rank 0 makes (and caches) the captions, then every rank reads them."""
-    from ..models.cmssa import CMSSAConfig, build_encoders
-    from .config import recipe_from
+    from ..models.cmssa import build_encoders
+    from .config import section_from
 
-    recipe = recipe_from(TrainRecipe, config, device=options.device,  # each process: its LOCAL_RANK GPU
+    recipe = section_from(TrainRecipe, config, "recipe", device=options.device,  # each process: its LOCAL_RANK GPU
                          num_workers=options.num_workers)
-    cmssa_config = CMSSAConfig(**(config.get("cmssa") or {}))
+    cmssa_config = section_from(CMSSAConfig, config, "cmssa")
     if not config.get("encoders"):
         raise ValueError(f"{config['config_file']}: method 'cmssa' needs an 'encoders' section")
     captions = None
@@ -561,4 +561,4 @@ def _save(trainer: CMSSATrainer, card: dict, path: Path) -> dict:
 
 
 #: ``"method": "cmssa"`` of ``pyica train`` (:mod:`pyica.training.trainers`).
-METHOD = Method(build=_build, card=_card, save=_save, recipe=TrainRecipe)
+METHOD = Method(build=_build, card=_card, save=_save, sections={"recipe": TrainRecipe, "cmssa": CMSSAConfig})

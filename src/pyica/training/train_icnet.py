@@ -57,9 +57,9 @@ from ..models.clicv2_probe import encoder_fingerprint
 from ..models.icnet import ICNet, ICNetConfig, ICNetModel
 from ..progress import progress_bar
 from . import distributed, loop
+from .config import Method
 from .loop import Batch, LoopSettings
 from .probe import check_sgd_recipe, lr_factor
-from .config import Method
 from .resume import FitCheckpoints, dataset_fingerprint
 
 __all__ = ["ICNetRecipe", "ICNetTrainer", "METHOD"]
@@ -262,17 +262,16 @@ class _ICNetTask:
         self.model.net = net
 
     def epoch_batches(self, epoch: int, dist, skip: int = 0):
+        return loop.skip_batches(self._batches(epoch, dist), skip)
+
+    def _batches(self, epoch: int, dist):
         r, n = self.recipe, len(self.paths)
         rng = np.random.default_rng([r.seed, epoch])
         order = rng.permutation(n)
         flips = rng.random(n) < 0.5
         ordered = [self.paths[i] for i in order]
-        done = 0
         for positions, pixels in self.trainer._pixel_batches(self.model, ordered, r.batch_size):
             if len(positions) < max(2, dist.world):
-                continue
-            done += 1
-            if done <= skip:
                 continue
             mine = distributed.shard(list(range(len(positions))), dist.rank, dist.world)
             picked = order[[positions[j] for j in mine]]
@@ -306,16 +305,17 @@ class _ICNetTask:
 
 # --- `pyica train CONFIG` for ICNet ----------------------------------------------------------------
 
-def _build(config: dict, ds, options, dist, out_dir: Path, checkpoint_dir: Path | None = None) -> ICNetTrainer:  # noqa: ARG001
+def _build(config: dict, ds, options, dist, out_dir: Path,  # noqa: ARG001
+           checkpoint_dir: Path | None = None) -> ICNetTrainer:
     """The trainer of an ICNet config. Config keys besides every trainer's: ``icnet``
     (:class:`~pyica.models.icnet.ICNetConfig` fields), ``recipe`` (:class:`ICNetRecipe` fields),
     ``pretrained_backbone`` (a torchvision-format ResNet-18 file, relative to the config; absent: random
     init) and ``keep_checkpoints`` (keep the fits' checkpoints, e.g. for python -m benchmarks.compare_models)."""
     from ..models.resnet import read_state_dict
-    from .config import recipe_from
+    from .config import section_from
 
-    recipe = recipe_from(ICNetRecipe, config, device=options.device, num_workers=options.num_workers)
-    icnet_config = ICNetConfig(**(config.get("icnet") or {}))
+    recipe = section_from(ICNetRecipe, config, "recipe", device=options.device, num_workers=options.num_workers)
+    icnet_config = section_from(ICNetConfig, config, "icnet")
     backbone_state = read_state_dict(config["pretrained_backbone"]) if config.get("pretrained_backbone") else None
 
     def build() -> ICNetModel:
@@ -332,7 +332,7 @@ def _card(trainer: ICNetTrainer, fit: dict, config: dict, ds, evaluation, dist) 
     from ..weights import sha256_file
 
     recipe, root = trainer.recipe, config.get("root")
-    icnet_config = ICNetConfig(**(config.get("icnet") or {}))
+    icnet_config = trainer.model.config
     if config.get("pretrained_backbone"):
         backbone_file = Path(config["pretrained_backbone"])
         backbone = {"init": "torchvision-format ResNet-18 weights loaded into both branches (as the official "
@@ -363,4 +363,4 @@ def _save(trainer: ICNetTrainer, card: dict, path: Path) -> dict:
 
 
 #: ``"method": "icnet"`` of ``pyica train`` (:mod:`pyica.training.trainers`).
-METHOD = Method(build=_build, card=_card, save=_save, recipe=ICNetRecipe)
+METHOD = Method(build=_build, card=_card, save=_save, sections={"recipe": ICNetRecipe, "icnet": ICNetConfig})

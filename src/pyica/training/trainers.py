@@ -33,10 +33,10 @@ import numpy as np
 from ..evaluation import run_protocol
 from ..reports import CATEGORY_MEAN, POOLED, summarise
 from . import distributed
-from .config import Method, TrainConfig, TrainOptions, load_config, read_json_config, recipe_from
+from .config import Method, TrainConfig, TrainOptions, load_config, read_json_config, section_from
 
 __all__ = ["Trainer", "TrainConfig", "TrainOptions", "Method", "METHODS", "read_json_config", "load_config",
-           "build_trainer", "train_config", "evaluate_recipe", "headline_metrics", "recipe_from"]
+           "build_trainer", "train_config", "evaluate_recipe", "headline_metrics", "section_from"]
 
 log = logging.getLogger(__name__)
 
@@ -98,16 +98,15 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
     """Run a training config (module doc); returns the card (or, with ``verify``, the comparison with the
     shipped weights). Under torchrun every process calls it and gets rank 0's result."""
     from ..data import load_dataset
-    from ..data.splits import carve_validation
 
     options = options or TrainOptions()
     config = load_config(config_path)
     method = _method(config["method"])
     if options.verify and method.verify is None:
         raise ValueError(f"{config_path}: --verify refits closed-form heads only, not method {config['method']!r}")
-    if method.recipe is not None:
-        recipe_from(method.recipe, config, device="cpu")  # a typo fails now, not after the data is loaded
-    elif config.get("recipe"):
+    for section, cls in method.sections.items():  # a typo fails now, not after the data is loaded
+        section_from(cls, config, section, **({"device": "cpu"} if section == "recipe" else {}))
+    if config.get("recipe") and "recipe" not in method.sections:
         raise ValueError(f"{config_path}: method {config['method']!r} takes no recipe")
     with distributed.Distributed(options.device) as dist:
         root = options.root or config.get("root")
@@ -128,10 +127,9 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
                                 checkpoint_dir=checkpoints.directory if checkpoints else None)
         if dist.world > 1 and not method.every_rank_trains:
             method.share(trainer, ds, dist, options)
-            result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir, carve_validation) \
-                if dist.main else None
+            result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir) if dist.main else None
             return dist.broadcast_object(result)  # the other processes wait here for rank 0
-        result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir, carve_validation)
+        result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir)
         if dist.main and checkpoints is not None and not config.get("keep_checkpoints"):
             checkpoints.remove()  # the weights are written: nothing left to resume
         result = dist.broadcast_object(result)
@@ -140,7 +138,9 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
 
 
 def _fit_and_write(method: Method, trainer: Trainer, config: dict, ds, options: TrainOptions, dist,
-                   out_dir: Path, carve_validation) -> dict:
+                   out_dir: Path) -> dict:
+    from ..data.splits import carve_validation
+
     name = config["model"]
     evaluation = None
     if options.evaluate and config["evaluation"] and not options.verify:
