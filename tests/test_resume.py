@@ -252,3 +252,18 @@ def test_the_probe_and_cmssa_layouts_of_pyica_0_1_are_read():
     with pytest.raises(ValueError, match="without an optimiser"):
         upgrade_checkpoint({"format": "pyica.fit_checkpoint/1", "finished": False, "epoch": 1, "model": state,
                             "history": [], "best": {"score": 0.0, "epoch": 0}}, "old.pt")
+
+
+def test_removing_checkpoints_leaves_files_pyica_did_not_write(tmp_path):
+    fits = FitCheckpoints(tmp_path / "ck", resume=False)
+    stray = tmp_path / "ck" / "fit-notmine.pt"
+    stray.parent.mkdir()
+    stray.write_bytes(b"a user's file")
+    fits.file("k1").save({"finished": True})
+    assert len(fits.files()) == 2
+    fits.remove()
+    assert fits.files() == [stray] and stray.read_bytes() == b"a user's file"
+    alone = FitCheckpoints(tmp_path / "ck2", resume=False)
+    alone.file("k2").save({"finished": True})
+    alone.remove()
+    assert not (tmp_path / "ck2").exists()  # the folder goes when nothing else is in it

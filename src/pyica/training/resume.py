@@ -170,11 +170,13 @@ class FitCheckpoints:
     """Checkpoint files of a trainer's fits in ``directory``, one per fit key (see the module doc).
 
     ``resume=False`` ignores files already there (they are overwritten); ``resume=True`` continues
-    a fit from its file, or returns a finished fit's result without training.
+    a fit from its file, or returns a finished fit's result without training. :meth:`remove` deletes
+    only the files of the fits this object handed out, never another file that happens to be there.
     """
 
     def __init__(self, directory: str | os.PathLike, *, resume: bool = True):
         self.directory, self.resume = Path(directory), bool(resume)
+        self.used: set[str] = set()  # keys of the fits this object handed out
 
     @staticmethod
     def key(*parts: Any) -> str:
@@ -186,15 +188,16 @@ class FitCheckpoints:
         return self.directory / f"fit-{key}.pt"
 
     def file(self, key: str) -> CheckpointFile:
+        self.used.add(key)
         return CheckpointFile(self.path(key), resume=self.resume, key=key)
 
     def files(self) -> list[Path]:
         return sorted(self.directory.glob("fit-*.pt")) if self.directory.is_dir() else []
 
     def remove(self) -> None:
-        """Delete the checkpoint files (and the folder when that leaves it empty)."""
-        for f in self.files():
-            f.unlink(missing_ok=True)
+        """Delete the checkpoint files of the fits handed out here (and the folder when that leaves it empty)."""
+        for key in self.used:
+            self.path(key).unlink(missing_ok=True)
         try:
             self.directory.rmdir()
         except OSError:

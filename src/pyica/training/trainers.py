@@ -113,6 +113,8 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
         config["root"] = root
         ds = load_dataset(config["dataset"], root=root)
         out_dir = Path(options.output_dir or config.get("output_dir") or ".")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"{out_dir}: the output folder is a file")
         checkpoints = None
         if method.checkpoints:
             from .resume import FitCheckpoints
@@ -130,8 +132,9 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
             result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir) if dist.main else None
             return dist.broadcast_object(result)  # the other processes wait here for rank 0
         result = _fit_and_write(method, trainer, config, ds, options, dist, out_dir)
-        if dist.main and checkpoints is not None and not config.get("keep_checkpoints"):
-            checkpoints.remove()  # the weights are written: nothing left to resume
+        fits = getattr(trainer, "checkpoints", None)  # the trainer's: it knows which files its fits wrote
+        if dist.main and fits is not None and not config.get("keep_checkpoints"):
+            fits.remove()  # the weights are written: nothing left to resume
         result = dist.broadcast_object(result)
         dist.barrier()
         return result
