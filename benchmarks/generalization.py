@@ -55,7 +55,7 @@ from pyica.evaluation import make_splits, metric_rows, predict_dataset, run_prot
 from pyica.registry import create_model, get_entry, list_models
 from pyica.reports import CATEGORY_MEAN, POOLED, format_markdown_table, read_results_csv, write_results_csv
 
-DEFAULT_MODELS = ("effnet_lite0_ridge.savoias", "effnet_lite2_lite0_ridge.savoias")
+DEFAULT_MODELS = ("effnet_lite0_within.savoias", "effnet_lite0_ridge.savoias", "effnet_lite2_lite0_ridge.savoias")
 COLUMNS = ("model", "kind", "protocol", "split", "category", "n", "srcc", "plcc", "srcc_std", "plcc_std", "seconds")
 
 

@@ -53,6 +53,20 @@ def test_stage_maps_have_the_stage_strides():
     assert [m.shape[-1] for m in maps] == [48, 24, 12, 6, 6, 3, 3, 3]  # strides 2, 4, 8, 16, 16, 32, 32, 32
 
 
+def test_truncated_trunk_gives_the_first_maps_and_skips_the_rest():
+    x = normalize_tf(SquareResize(96)(_photo("astronaut"))[None])
+    full = StageFeatures(load_backbone("lite0")).fuse_batchnorm_()
+    first6 = StageFeatures(load_backbone("lite0"), num_maps=6).fuse_batchnorm_()
+    with torch.no_grad():
+        maps_full, maps6 = full(x), first6(x)
+    assert len(maps6) == 6 and first6.channels == full.channels[:6] and first6.head is None
+    assert len(first6.blocks) < len(full.blocks)  # the last stage is not even computed
+    for a, b in zip(maps6, maps_full):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="num_maps"):
+        StageFeatures(load_backbone("lite0", pretrained=False), num_maps=9)
+
+
 def test_resize_rules():
     image = Image.new("RGB", (300, 100))
     assert SquareResize(64)(image).shape == (3, 64, 64)
@@ -179,7 +193,12 @@ def test_shipped_weights_match_their_card(name):
     card = load_card(name)
     assert card, f"{name} has no card"
     assert card["weights"]["sha256"] == sha256_file(weights_path(name))
-    assert card["name"] == name and card["evaluation"]["metrics"]["category_mean"]["n_splits"] == 10
+    assert card["name"] == name
+    metrics, protocol = card["evaluation"]["metrics"], card["evaluation"]["protocol"]["protocol"]
+    if protocol == "loco":  # one split per SAVOIAS category held out
+        assert metrics["pooled"]["n_splits"] == 7
+    else:
+        assert protocol == "random" and metrics["category_mean"]["n_splits"] == 10
 
 
 def test_damaged_shipped_weights_are_refused(tmp_path, monkeypatch):
@@ -247,3 +266,72 @@ def test_category_rank_targets_keep_only_the_order_inside_each_category():
                                [1 / 3, 1 / 3, 2.5 / 3])
     with pytest.raises(ValueError, match="targets"):
         EffNetRidgeConfig(targets="mos")
+
+
+# --- fitting within categories, leave-one-category-out penalty, fewer maps ----------------------------
+
+def test_within_category_fit_ignores_category_offsets():
+    x, y = _toy_regression(n=90, d=50, seed=2)
+    groups = np.repeat(["a", "b", "c"], 30)
+    shifted = y + np.repeat([0.0, 5.0, -3.0], 30)  # each category on its own scale
+    head = ridge_path(x, y, [2.0], groups=groups)[0]
+    np.testing.assert_allclose(ridge_path(x, shifted, [2.0], groups=groups)[0].weight, head.weight, atol=1e-10)
+    # the same weights as ordinary ridge on features and targets centred by hand within categories
+    z = (x - x.mean(0)) / x.std(0)
+    zc = z - np.stack([z[groups == g].mean(0) for g in groups])
+    yc = y - np.array([y[groups == g].mean() for g in groups])
+    w = np.linalg.solve(zc.T @ zc + 2.0 * np.eye(50), zc.T @ yc)
+    np.testing.assert_allclose(head.weight, w, rtol=1e-6, atol=1e-9)
+    # pooled ridge lets the offsets pull on the weights
+    assert np.abs(ridge_path(x, shifted, [2.0])[0].weight - ridge_path(x, y, [2.0])[0].weight).max() > 1e-3
+
+
+def test_feature_scale_lowers_the_penalty_of_scaled_features():
+    x, y = _toy_regression(n=40, d=30)
+    # every feature weighted k: the same fit as alpha / k^2 without weights
+    scaled = ridge_path(x, y, [50.0], feature_scale=np.full(30, 5.0))[0]
+    plain = ridge_path(x, y, [2.0])[0]
+    np.testing.assert_allclose(scaled.predict(x), plain.predict(x), atol=1e-9)
+
+
+def test_leave_one_category_out_penalty():
+    from scipy.stats import spearmanr
+
+    from pyica.models.ridge import select_alpha_by_group
+
+    x, y = _toy_regression(n=90, d=120, seed=3)
+    groups = np.repeat(["a", "b", "c"], 30)
+    alphas = [1e-1, 1e1, 1e3]
+    alpha, scores = select_alpha_by_group(x, y, groups, alphas, within_groups=True)
+    # each score is the mean SRCC on a category held out of a within-category fit on the others
+    for j, a in enumerate(alphas):
+        expected = np.mean([spearmanr(ridge_path(x[groups != g], y[groups != g], [a], groups=groups[groups != g])[0]
+                                      .predict(x[groups == g]), y[groups == g])[0] for g in "abc"])
+        assert scores[j] == pytest.approx(expected, abs=1e-12)
+    assert alpha == alphas[int(np.argmax(np.round(scores, 12)[::-1]) * -1 + len(alphas) - 1)]  # ties: stronger
+    with pytest.raises(ValueError, match="3 groups"):
+        select_alpha_by_group(x[:60], y[:60], groups[:60], alphas)
+
+
+def test_within_category_model_fits_by_leave_one_category_out(tmp_path):
+    parts = [_clutter_dataset(tmp_path / c, n=16, seed=s) for s, c in enumerate("abc") if (tmp_path / c).mkdir() is None]
+    ds = ComplexityDataset(name="clutter3", root=tmp_path, paths=[f"{c}/{p}" for c, part in zip("abc", parts)
+                                                                   for p in part.paths],
+                           scores=np.concatenate([part.scores + 10 * k for k, part in enumerate(parts)]),
+                           categories=np.repeat(list("abc"), 16), groups=[], score_scale=(0.0, 80.0))
+    config = EffNetRidgeConfig((View("lite0", "square", 96),), targets="category_rank", pooled_maps=6,
+                               within_category=True, alpha_selection="leave_one_category_out")
+    model = EffNetRidge(config)
+    assert model.feature_dim == 2 * (16 + 24 + 40 + 80 + 112 + 192)
+    info = model.fit_dataset(ds, None, num_workers=0)
+    assert info["selected_on"] == "leave-one-category-out" and len(info["selection_scores"]) == len(info["alphas"])
+    scores, errors = model.score_files(ds.full_paths(), num_workers=0)
+    assert not errors and ((scores > 0) & (scores < 1)).all()
+    for c in "abc":
+        rho = np.corrcoef(scores[ds.categories == c], ds.scores[ds.categories == c])[0, 1]
+        assert rho > 0.8, c
+    # the same numbers through forward
+    direct = model.score_images([Image.open(p).convert("RGB") for p in ds.full_paths()[:5]]).numpy()
+    np.testing.assert_allclose(scores[:5], direct, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="alpha_selection"):
+        EffNetRidgeConfig(alpha_selection="test")

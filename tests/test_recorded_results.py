@@ -3,7 +3,7 @@
 ``tests/recorded/structural_baseline.json`` holds, as computed by the code before the training loops,
 inputs and weights format were reorganised (issue 17):
 
-* the default model's scores of the example images;
+* the first default model's scores of the example images (and, since issue 18, the new default's);
 * short deterministic fits of every trainer on CPU (CLICv2 probe, ICNet, CM-SSA, pretraining): their
   per-epoch (or per-step) losses and validation scores and a sha256 of their trained tensors.
 
@@ -64,6 +64,16 @@ def test_default_model_scores_of_the_examples():
     paths = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
     records = list(score_paths(paths, create_model("effnet_lite0_ridge.savoias", device="cpu"), num_workers=0))
     check("default_scores", {Path(r.path).name: r.score for r in records})
+
+
+def test_within_default_scores_of_the_examples():
+    """The default since issue 18 (recorded when it shipped)."""
+    from pyica import create_model
+    from pyica.scoring import score_paths
+
+    paths = sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
+    records = list(score_paths(paths, create_model("effnet_lite0_within.savoias", device="cpu"), num_workers=0))
+    check("within_default_scores", {Path(r.path).name: r.score for r in records})
 
 
 def test_probe_fit(tmp_path):

@@ -152,7 +152,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "--nproc_per_node 4 -m pyica train CONFIG (batch_size is the global batch; only rank 0 "
                     "writes).",
     )
-    p.add_argument("config", help="JSON config, e.g. configs/effnet_lite0_ridge.savoias.json")
+    p.add_argument("config", help="JSON config, e.g. configs/effnet_lite0_within.savoias.json")
     p.add_argument("--root", help="dataset folder (default: the config's root, relative to the config file)")
     p.add_argument("--output-dir", help="where to write weights and card (default: the config's output_dir)")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: The model `pyica score` uses when none is named.
-DEFAULT_MODEL = "effnet_lite0_ridge.savoias"
+DEFAULT_MODEL = "effnet_lite0_within.savoias"
 
 # Modules that register models when imported. Heavy ones import their own dependencies lazily,
 # inside the builder, so listing models stays cheap.

@@ -75,19 +75,28 @@ class StageFeatures(torch.nn.Module):
 
     ``forward(x)`` takes a normalised ``(B, 3, H, W)`` float tensor and returns a list of maps:
     one per stage (7 for Lite0/Lite2, strides 2 to 32) followed by the 1280-channel head output.
-    Only the convolutional trunk is kept; the classifier is dropped.
+    Only the convolutional trunk is kept; the classifier is dropped. ``num_maps`` keeps only the first
+    maps (e.g. 6: stages 1-6, without the last stage and the head) and drops the layers after them,
+    which are then never computed.
     """
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, num_maps: int | None = None):
         super().__init__()
-        self.stem = torch.nn.Sequential(net._conv_stem, net._bn0, net._swish)
-        self.blocks = net._blocks
-        self.head = torch.nn.Sequential(net._conv_head, net._bn1, net._swish)
-        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
-        outs = [b._block_args.output_filters for b in self.blocks]
+        outs = [b._block_args.output_filters for b in net._blocks]
         # a stage ends where the next block changes the channel count (each stage has its own width)
-        self.stage_ends = [i for i in range(len(outs)) if i == len(outs) - 1 or outs[i + 1] != outs[i]]
-        self.channels = [outs[i] for i in self.stage_ends] + [net._conv_head.out_channels]
+        stage_ends = [i for i in range(len(outs)) if i == len(outs) - 1 or outs[i + 1] != outs[i]]
+        total = len(stage_ends) + 1
+        num_maps = total if num_maps is None else int(num_maps)
+        if not 1 <= num_maps <= total:
+            raise ValueError(f"num_maps must be between 1 and {total} (the stages and the head), not {num_maps}")
+        self.stem = torch.nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        kept_blocks = len(outs) if num_maps == total else stage_ends[num_maps - 1] + 1
+        self.blocks = torch.nn.ModuleList(list(net._blocks)[:kept_blocks])
+        self.head = torch.nn.Sequential(net._conv_head, net._bn1, net._swish) if num_maps == total else None
+        self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
+        self.total_blocks = len(outs)  # stochastic depth is scaled by the full network's depth
+        self.stage_ends = stage_ends[:num_maps] if num_maps < total else stage_ends
+        self.channels = ([outs[i] for i in stage_ends] + [net._conv_head.out_channels])[:num_maps]
 
     @torch.no_grad()
     def fuse_batchnorm_(self) -> "StageFeatures":
@@ -97,7 +106,7 @@ class StageFeatures(torch.nn.Module):
         and ``b' = beta + (b - mean) * g / sqrt(v + eps)``. Irreversible, so call it only on a
         model that will not be trained.
         """
-        pairs = [(self.stem, 0, 1), (self.head, 0, 1)]
+        pairs = [(self.stem, 0, 1)] + ([(self.head, 0, 1)] if self.head is not None else [])
         for block in self.blocks:
             for conv_name, bn_name in (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")):
                 if hasattr(block, conv_name):
@@ -111,14 +120,15 @@ class StageFeatures(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         maps = []
-        n = len(self.blocks)
+        n = self.total_blocks
         ends = set(self.stage_ends)
         for i, block in enumerate(self.blocks):
             # stochastic depth as the package scales it, only active in training mode
             x = block(x, drop_connect_rate=self.drop_connect_rate * i / n if self.training else None)
             if i in ends:
                 maps.append(x)
-        maps.append(self.head(x))
+        if self.head is not None:
+            maps.append(self.head(x))
         return maps
 
 

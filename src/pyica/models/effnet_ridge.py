@@ -33,7 +33,7 @@ from ..registry import register_model
 from ..weights import card_path_of, load_weights, read_card
 from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
-from .ridge import ALPHAS, RidgeHead, ridge_path, select_alpha
+from .ridge import ALPHAS, RidgeHead, ridge_path, select_alpha, select_alpha_by_group
 
 __all__ = ["View", "EffNetRidgeConfig", "EffNetRidge", "PRESETS", "TARGETS", "training_targets", "weights_path", "card_path", "load_card"]
 
@@ -72,19 +72,39 @@ class View:
 TARGETS = ("score", "category_rank")
 
 
+#: How the ridge penalty is chosen (:meth:`EffNetRidge.fit_dataset`).
+ALPHA_SELECTIONS = ("validation", "leave_one_category_out")
+
+
 @dataclass(frozen=True)
 class EffNetRidgeConfig:
-    """The views whose pooled features are concatenated before the head (one view: the default model;
-    two backbones at two scales: the accurate preset), and what the head learns (``targets``)."""
+    """What the head sees and how it is fitted.
+
+    * ``views``: whose pooled features are concatenated (one view: the old default; two backbones at
+      two scales: the accurate preset);
+    * ``pooled_maps``: how many of the backbone's feature maps are pooled, from the first (None: all 7
+      stages and the head; 6 leaves out the last stage and the head, the most ImageNet-specific maps,
+      and the compute behind them);
+    * ``targets``: what the head regresses (:func:`training_targets`);
+    * ``within_category``: fit on within-category differences only
+      (:func:`~pyica.models.ridge.ridge_path` with ``groups``);
+    * ``alpha_selection``: ``"validation"`` (SRCC on the validation part, or leave-one-out error
+      without one) or ``"leave_one_category_out"`` (SRCC on each training category held out in turn).
+    """
 
     views: tuple[View, ...] = (View(),)
     targets: str = "score"
+    pooled_maps: int | None = None
+    within_category: bool = False
+    alpha_selection: str = "validation"
 
     def __post_init__(self) -> None:
         if not self.views:
             raise ValueError("at least one view is needed")
         if self.targets not in TARGETS:
             raise ValueError(f"targets must be one of {TARGETS}, not {self.targets!r}")
+        if self.alpha_selection not in ALPHA_SELECTIONS:
+            raise ValueError(f"alpha_selection must be one of {ALPHA_SELECTIONS}, not {self.alpha_selection!r}")
 
 
 def training_targets(scores: np.ndarray, categories: np.ndarray, low: float, high: float, kind: str) -> np.ndarray:
@@ -139,7 +159,7 @@ class EffNetRidge(ComplexityModel):
         # one trunk per backbone variant, shared by the views that use it
         self.backbones = torch.nn.ModuleDict()
         for variant in dict.fromkeys(v.variant for v in config.views):
-            trunk = StageFeatures(load_backbone(variant, pretrained=pretrained))
+            trunk = StageFeatures(load_backbone(variant, pretrained=pretrained), num_maps=config.pooled_maps)
             if fuse_batchnorm:
                 trunk.fuse_batchnorm_()
             self.backbones[variant] = trunk.requires_grad_(False)
@@ -294,17 +314,28 @@ class EffNetRidge(ComplexityModel):
             categories = part.categories[ok] if len(part.categories) else np.full(int(ok.sum()), "")
             data.append((x[ok], training_targets(part.scores[ok], categories, low, high, self.config.targets),
                          categories))
-        (train_x, train_y, _), *rest = data
-        if rest:
-            val_x, val_y, val_c = rest[0]
-            alpha, path_scores = select_alpha(train_x, train_y, val_x, val_y, val_c, alphas=alphas)
-            all_x, all_y = np.concatenate([train_x, val_x]), np.concatenate([train_y, val_y])
+        all_x, all_y, all_c = (np.concatenate(column) for column in zip(*data))
+        within = self.config.within_category
+        groups = all_c if within else None
+        if self.config.alpha_selection == "leave_one_category_out" and len(np.unique(all_c)) >= 3:
+            # the validation part is pooled with training: every category is held out in turn
+            alpha, path_scores = select_alpha_by_group(all_x, all_y, all_c, alphas, within_groups=within)
+            selected_on = "leave-one-category-out"
         else:
-            alpha, path_scores = select_alpha(train_x, train_y, alphas=alphas)
-            all_x, all_y = train_x, train_y
-        self.set_head(ridge_path(all_x, all_y, [alpha])[0])
+            if self.config.alpha_selection == "leave_one_category_out":
+                log.warning("fewer than 3 categories: the ridge penalty is chosen on %s instead of by "
+                            "leave-one-category-out", "the validation part" if len(data) > 1 else "leave-one-out error")
+            (train_x, train_y, train_c), *rest = data
+            if rest:
+                val_x, val_y, val_c = rest[0]
+                alpha, path_scores = select_alpha(train_x, train_y, val_x, val_y, val_c, alphas=alphas,
+                                                  groups=train_c if within else None)
+            else:
+                alpha, path_scores = select_alpha(train_x, train_y, alphas=alphas, groups=train_c if within else None)
+            selected_on = "validation" if rest else "leave-one-out"
+        self.set_head(ridge_path(all_x, all_y, [alpha], groups=groups)[0])
         return {"alpha": alpha, "alphas": list(alphas), "selection_scores": [round(s, 6) for s in path_scores],
-                "selected_on": "validation" if rest else "leave-one-out", "n_train": int(len(all_y)),
+                "selected_on": selected_on, "n_train": int(len(all_y)),
                 "label_range": [low, high], "targets": self.config.targets}
 
 
@@ -328,12 +359,25 @@ def squash_to_unit(raw: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
 PRESETS: dict[str, tuple[EffNetRidgeConfig, str]] = {
     "effnet_lite0_ridge.savoias": (
         EffNetRidgeConfig((View("lite0", "square", 192),)),
-        "default: EfficientNet-Lite0 (192 px square) multi-stage mean/std features + ridge, trained on SAVOIAS",
+        "the first default: EfficientNet-Lite0 (192 px square) multi-stage mean/std features + ridge, trained on "
+        "SAVOIAS",
     ),
     "effnet_lite0_rank.savoias": (
         EffNetRidgeConfig((View("lite0", "square", 192),), targets="category_rank"),
         "the default's features (EfficientNet-Lite0, 192 px square) + ridge fitted to within-category ranks, "
         "trained on SAVOIAS",
+    ),
+    "effnet_lite0_within.savoias": (
+        EffNetRidgeConfig((View("lite0", "square", 192),), targets="category_rank", pooled_maps=6,
+                          within_category=True, alpha_selection="leave_one_category_out"),
+        "default: EfficientNet-Lite0 (192 px square) mean/std features of its first 6 stages, ridge fitted "
+        "within SAVOIAS categories to ranks, penalty chosen by leave-one-category-out",
+    ),
+    "effnet_lite0_ms_within.savoias": (
+        EffNetRidgeConfig((View("lite0", "square", 192), View("lite0", "square", 288)), targets="category_rank",
+                          pooled_maps=6, within_category=True, alpha_selection="leave_one_category_out"),
+        "multi-scale: the default's recipe on EfficientNet-Lite0 at 192 and 288 px (first 6 stages each), "
+        "about 3x the default's compute",
     ),
     "effnet_lite2_lite0_ridge.savoias": (
         EffNetRidgeConfig((View("lite2", "longest", 384), View("lite0", "square", 224))),

@@ -91,6 +91,15 @@ def _package_version(name: str) -> str | None:
         return None
 
 
+def _non_default_arguments(config) -> dict:
+    """The head's config fields that differ from :class:`EffNetRidgeConfig`'s defaults (views aside)."""
+    from ..models.effnet_ridge import EffNetRidgeConfig
+
+    default = EffNetRidgeConfig()
+    return {name: getattr(config, name) for name in ("targets", "pooled_maps", "within_category", "alpha_selection")
+            if getattr(config, name) != getattr(default, name)}
+
+
 def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
     """The card of a fitted head (schema: :class:`pyica.weights.Card`); the weights entry, sha256 and
     pyica version are :func:`~pyica.weights.save_weights`'s."""
@@ -106,7 +115,7 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
         "architecture": {
             "name": "effnet_ridge",
             "arguments": {"views": [{"variant": v.variant, "resize": v.resize, "size": v.size} for v in views],
-                          **({"targets": model.config.targets} if model.config.targets != "score" else {})},
+                          **_non_default_arguments(model.config)},
             "backbones": [{
                 "name": f"EfficientNet-{variant.capitalize()} (efficientnet_lite_pytorch), frozen, "
                         "BatchNorm folded into the convolutions",
@@ -114,9 +123,13 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
                 "trained_on": "ImageNet-1k classification (Google's TF-Lite checkpoint, converted)",
                 "sha256": sha256_file(backbone_weights_path(variant)),
             } for variant in variants],
-            "features": f"per view, spatial mean and std of the 7 stage outputs and the head; views "
-                        f"concatenated ({model.feature_dim} values)",
-            "head": "ridge regression on standardised features",
+            "features": (f"per view, spatial mean and std of the first {model.config.pooled_maps} stage outputs"
+                         if model.config.pooled_maps else
+                         "per view, spatial mean and std of the 7 stage outputs and the head")
+                        + f"; views concatenated ({model.feature_dim} values)",
+            "head": "ridge regression on standardised features" + (
+                ", fitted within categories (features and targets centred per category: only differences "
+                "between images of one category are learned)" if model.config.within_category else ""),
             "ridge_alpha": fit["alpha"],
         },
         "preprocessing": {
@@ -140,8 +153,9 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
             "target": (f"score rescaled from {fit['label_range']} to [0, 1]" if model.config.targets == "score"
                        else "mid-rank within the image's category, (rank - 0.5) / n"),
             "alpha_selection": (f"{fit['selected_on']} "
-                                + ("(mean within-category SRCC)" if fit["selected_on"] == "validation"
-                                   else "(mean squared error)")
+                                + {"validation": "(mean within-category SRCC)",
+                                   "leave-one-category-out": "(mean SRCC of each category held out)"}.get(
+                                       fit["selected_on"], "(mean squared error)")
                                 + f" over {len(fit['alphas'])} alphas {min(fit['alphas']):g}..{max(fit['alphas']):g}"),
             "selection_scores": fit["selection_scores"],
             "config": config_public,
