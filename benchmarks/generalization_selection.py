@@ -11,7 +11,7 @@ constructed-order suites (``suite_<name>``, mean within-group SRCC, the suites o
 ``benchmarks.generalization``). The variants:
 
 * ``features``: ``deep`` (EfficientNet-Lite0 at 192 px, mean and std of its 8 maps: 7 stages and the
-  head, 4,128 values; ``maps N`` keeps the first N), ``classic`` (``pyica.models.classic.fusion_features``:
+  head, 4,128 values; ``maps N`` keeps the first N), ``classic`` (:func:`fusion_features`:
   23 log measures at 256/128/64 px) or both, the classic block weighted ``k`` times a deep feature after
   standardisation; ``at 224 px`` / ``at 288 px``: the first 6 maps of Lite0 at that input size; ``at 192 +
   288 px``: both sizes concatenated;
@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from benchmarks.common import RESULTS, default_savoias_root, machine_description, update_doc_section
 from benchmarks.head_generalization import features as deep_features
@@ -44,7 +45,8 @@ from pyica.data import load_dataset
 from pyica.data.dataset import label_range
 from pyica.data.suites import DEFAULT_SHIFTS, SUITES, make_suites, shifted_copies
 from pyica.metrics import srcc
-from pyica.models.classic import FUSION_FEATURE_NAMES, fusion_features
+from pyica.models.classic import (FEATURE_NAMES, ClassicTransform, classic_features, compression_ratio_jpeg,
+                                  compression_ratio_png)
 from pyica.models.effnet_ridge import EffNetRidge, EffNetRidgeConfig, View, build_preset, training_targets
 from pyica.models.ridge import ALPHAS, ridge_path, select_alpha_by_group
 from pyica.reports import write_results_csv
@@ -52,11 +54,38 @@ from pyica.reports import write_results_csv
 DEEP_MODEL = "effnet_lite0_ridge.savoias"  # all 8 maps of the default's Lite0 view (the default keeps 6)
 
 
+#: Longest sides of the working scales of :func:`fusion_features`: every feature at the first,
+#: the two compression ratios again at the smaller ones (coarse structure).
+FUSION_SIDES = (256, 128, 64)
+
+#: Names of :func:`fusion_features`, in order.
+FUSION_FEATURE_NAMES: tuple[str, ...] = (
+    *(f"{name}@{FUSION_SIDES[0]}" for name in FEATURE_NAMES),
+    *(f"{name}@{side}" for side in FUSION_SIDES[1:] for name in ("compression_ratio_jpeg", "compression_ratio_png")),
+)
+
+
+def fusion_features(image: Image.Image) -> np.ndarray:
+    """Hand-crafted features for a learned model, as float32 ``log(max(value, 0) + 0.001)``.
+
+    Every :func:`classic_features` value with the image's longest side at 256 px, plus the JPEG and
+    PNG compression ratios at 128 and 64 px (each scale box-shrunk from the previous one, so the cost
+    does not grow with megapixels beyond the first shrink). Logs because these measures are ratios
+    and densities spanning decades between a flat chart and a cluttered photo.
+    """
+    rgb = ClassicTransform(FUSION_SIDES[0])(image)
+    values = list(classic_features(rgb).values())
+    for side in FUSION_SIDES[1:]:
+        rgb = ClassicTransform(side)(Image.fromarray(rgb))
+        values += [compression_ratio_jpeg(rgb), compression_ratio_png(rgb)]
+    return np.log(np.maximum(np.asarray(values, dtype=np.float64), 0.0) + 1e-3).astype(np.float32)
+
+
 def _fusion_transform(image):
     return torch.from_numpy(fusion_features(image))
 
 
-def classic_features(ds, cache: Path, tag: str, workers: int | None) -> np.ndarray:
+def cached_fusion_features(ds, cache: Path, tag: str, workers: int | None) -> np.ndarray:
     """``fusion_features`` of every image of ``ds`` (cached in ``cache/fusion_<tag>.npy``)."""
     from pyica.inputs import iter_batches
     from pyica.models.base import stack_collate
@@ -221,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"deep": deep_features(model, d, args.cache, tag, args.workers).astype(np.float64),
                 **{f"deep{size}": deep_features(m, d, args.cache, f"{tag}_{size}px_6maps", args.workers).astype(np.float64)
                    for size, m in larger.items()},
-                "classic": classic_features(d, args.cache, tag, args.workers).astype(np.float64)}
+                "classic": cached_fusion_features(d, args.cache, tag, args.workers).astype(np.float64)}
 
     feats = {tag: all_features(d, tag) for tag, d in sets.items()}
     suites = {}

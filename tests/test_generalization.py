@@ -59,3 +59,17 @@ def test_quick_run_writes_every_protocol(tmp_path, capsys):
     assert len([r for r in again if r["model"] == "edge_density"]) == len([r for r in rows if r["model"] == "edge_density"])
     generalization.main(["--doc-only", "--out", str(out), "--doc", str(doc)])
     assert "| `edge_density` |" in doc.read_text() and doc.read_text().endswith("## after\n")
+
+
+def test_fusion_features_are_finite_at_any_size_and_order_flat_below_noise():
+    from benchmarks.generalization_selection import FUSION_FEATURE_NAMES, fusion_features
+
+    rng = np.random.default_rng(0)
+    for size in (8, 64, 700):
+        flat = fusion_features(Image.new("RGB", (size, size), (120, 120, 120)))
+        noise = fusion_features(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+        assert flat.shape == noise.shape == (len(FUSION_FEATURE_NAMES),) and np.isfinite(flat).all()
+        for name in ("compression_ratio_jpeg@256", "compression_ratio_png@256", "edge_density@256",
+                     "compression_ratio_png@64"):
+            i = FUSION_FEATURE_NAMES.index(name)
+            assert flat[i] < noise[i], (size, name)

@@ -50,8 +50,6 @@ __all__ = [
     "FEATURE_NAMES",
     "classic_features",
     "classic_feature_vector",
-    "FUSION_FEATURE_NAMES",
-    "fusion_features",
     "compression_ratio_jpeg",
     "compression_ratio_png",
     "edge_density",
@@ -460,33 +458,6 @@ def classic_features(rgb: np.ndarray) -> dict[str, float]:
 def classic_feature_vector(rgb: np.ndarray) -> np.ndarray:
     """:func:`classic_features` as a float32 vector in :data:`FEATURE_NAMES` order."""
     return np.fromiter(classic_features(rgb).values(), dtype=np.float32, count=len(FEATURE_NAMES))
-
-
-#: Longest sides of the working scales of :func:`fusion_features`: every feature at the first,
-#: the two compression ratios again at the smaller ones (coarse structure).
-FUSION_SIDES = (256, 128, 64)
-
-#: Names of :func:`fusion_features`, in order.
-FUSION_FEATURE_NAMES: tuple[str, ...] = (
-    *(f"{name}@{FUSION_SIDES[0]}" for name in FEATURE_NAMES),
-    *(f"{name}@{side}" for side in FUSION_SIDES[1:] for name in ("compression_ratio_jpeg", "compression_ratio_png")),
-)
-
-
-def fusion_features(image: Image.Image) -> np.ndarray:
-    """Hand-crafted features for a learned model, as float32 ``log(max(value, 0) + 0.001)``.
-
-    Every :func:`classic_features` value with the image's longest side at 256 px, plus the JPEG and
-    PNG compression ratios at 128 and 64 px (each scale box-shrunk from the previous one, so the cost
-    does not grow with megapixels beyond the first shrink). Logs because these measures are ratios
-    and densities spanning decades between a flat chart and a cluttered photo.
-    """
-    rgb = ClassicTransform(FUSION_SIDES[0])(image)
-    values = list(classic_features(rgb).values())
-    for side in FUSION_SIDES[1:]:
-        rgb = ClassicTransform(side)(Image.fromarray(rgb))
-        values += [compression_ratio_jpeg(rgb), compression_ratio_png(rgb)]
-    return np.log(np.maximum(np.asarray(values, dtype=np.float64), 0.0) + 1e-3).astype(np.float32)
 
 
 # --- the model ------------------------------------------------------------------------------------

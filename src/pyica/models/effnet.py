@@ -95,7 +95,7 @@ class StageFeatures(torch.nn.Module):
         self.head = torch.nn.Sequential(net._conv_head, net._bn1, net._swish) if num_maps == total else None
         self.drop_connect_rate = net._global_params.drop_connect_rate or 0.0
         self.total_blocks = len(outs)  # stochastic depth is scaled by the full network's depth
-        self.stage_ends = stage_ends[:num_maps] if num_maps < total else stage_ends
+        self.stage_ends = stage_ends[:num_maps]
         self.channels = ([outs[i] for i in stage_ends] + [net._conv_head.out_channels])[:num_maps]
 
     @torch.no_grad()

@@ -137,10 +137,14 @@ def select_alpha(train_x, train_y, val_x=None, val_y=None, val_categories=None, 
         loo = leave_one_out_path(train_x, train_y, alphas)
         y = np.asarray(train_y, np.float64)
         scores = [-float(np.mean((loo[:, j] - y) ** 2)) for j in range(len(alphas))]
-    # a constant prediction has no rank correlation (nan): never the best
+    return _best_alpha(alphas, scores), scores
+
+
+def _best_alpha(alphas, scores) -> float:
+    """The ``alpha`` of the highest score (rounded to 12 digits); ties go to the stronger penalty, and a
+    non-finite score (a constant prediction has no rank correlation) is never the best."""
     ranked = [round(s, 12) if np.isfinite(s) else -np.inf for s in scores]
-    best = max(range(len(alphas)), key=lambda j: (ranked[j], alphas[j]))
-    return float(alphas[best]), scores
+    return float(alphas[max(range(len(alphas)), key=lambda j: (ranked[j], alphas[j]))])
 
 
 def select_alpha_by_group(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, alphas=ALPHAS, *,
@@ -150,8 +154,6 @@ def select_alpha_by_group(features: np.ndarray, targets: np.ndarray, groups: np.
     others (within groups when ``within_groups``), and score the SRCC on the group left out; the score
     of an ``alpha`` is the mean over groups. This chooses the penalty for images unlike the training
     ones (SAVOIAS: a category never seen), not for more of the same. Ties go to the stronger penalty."""
-    from scipy.stats import spearmanr
-
     groups = np.asarray(groups)
     names = np.unique(groups)
     if len(names) < 3:
@@ -162,8 +164,7 @@ def select_alpha_by_group(features: np.ndarray, targets: np.ndarray, groups: np.
         heads = ridge_path(features[~held], targets[~held], alphas,
                            groups=groups[~held] if within_groups else None, feature_scale=feature_scale)
         for j, head in enumerate(heads):
-            rho = spearmanr(head.predict(features[held]), targets[held])[0]
-            totals[j] += rho if np.isfinite(rho) else -1.0
+            rho = selection_score(head.predict(features[held]), targets[held])
+            totals[j] += rho if np.isfinite(rho) else -1.0  # a group ranked all alike counts as the worst
     scores = [float(t / len(names)) for t in totals]
-    best = max(range(len(alphas)), key=lambda j: (round(scores[j], 12), alphas[j]))
-    return float(alphas[best]), scores
+    return _best_alpha(alphas, scores), scores
