@@ -270,4 +270,4 @@ def test_cli_caption_folder(tmp_path, labeller, monkeypatch):
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and all(r["caption"].startswith("a photo showing") and r["error"] is None for r in rows)
     assert (tmp_path / "out.jsonl.meta.json").exists() and asked == {"device": "auto"}
-    assert main(["caption", "savoias", "-o", str(out)]) == 1  # a dataset name needs --root
+    assert main(["caption", "savoias", "-o", str(out)]) == 2  # a dataset name needs --root

@@ -27,7 +27,7 @@ def _rows(path):
 def test_score_folder_records_every_file_and_continues_past_errors(zoo, tmp_path):
     folder, expected = zoo
     out = tmp_path / "scores.csv"
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--workers", "0"]) == 0
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--workers", "0"]) == 1  # some inputs failed: rows for all, exit 1
     rows = _rows(out)
     assert set(rows) == set(expected)
     for name, ok in expected.items():
@@ -48,8 +48,8 @@ def test_score_folder_records_every_file_and_continues_past_errors(zoo, tmp_path
 def test_score_with_workers_matches_in_process(zoo, tmp_path):
     folder, _ = zoo
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(a), "-q", "--workers", "0"]) == 0
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(b), "-q", "--workers", "2", "--batch-size", "3"]) == 0
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(a), "-q", "--workers", "0"]) == 1  # the zoo holds unreadable files: exit 1 (rows for all)
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(b), "-q", "--workers", "2", "--batch-size", "3"]) == 1
     assert read_scores(a) == read_scores(b)
     first = json.loads(a.read_text().splitlines()[0])
     assert set(first) == {"path", "model", "score", "error"}
@@ -58,24 +58,24 @@ def test_score_with_workers_matches_in_process(zoo, tmp_path):
 def test_existing_output_needs_resume_or_overwrite(zoo, tmp_path, capsys):
     folder, _ = zoo
     out = tmp_path / "s.csv"
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--workers", "0"]) == 0
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q"]) == 1
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--workers", "0"]) == 1  # the zoo holds unreadable files: exit 1 (rows for all)
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q"]) == 2  # refused
     assert "--resume" in capsys.readouterr().err
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--overwrite", "--workers", "0"]) == 0
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--overwrite", "--workers", "0"]) == 1
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_resume_after_interruption_scores_each_input_exactly_once(zoo, tmp_path, suffix):
     folder, expected = zoo
     out = tmp_path / f"s{suffix}"
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--workers", "0"]) == 0
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--workers", "0"]) == 1  # the zoo holds unreadable files: exit 1 (rows for all)
     complete = out.read_text().splitlines(keepends=True)
     # Simulate a crash: the run wrote a header (CSV) and 5 rows, then half of the 6th line.
     head = 1 if suffix == ".csv" else 0
     part = tmp_path / f"s{suffix}.part"
     part.write_text("".join(complete[: head + 5]) + complete[head + 5][:7])
     out.unlink()
-    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--resume", "--workers", "0"]) == 0
+    assert main(["score", str(folder), "-m", MODEL, "-o", str(out), "-q", "--resume", "--workers", "0"]) == 1
     rows = read_scores(out)
     assert sorted(r["path"] for r in rows) == sorted(str(folder / n) for n in expected)
     assert len(rows) == len(expected)
@@ -88,7 +88,7 @@ def test_score_to_stdout_and_from_manifest(tmp_path, capsys):
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     manifest = tmp_path / "list.csv"
     manifest.write_text("image,score\n0.png,1\n1.png,2\nmissing.png,3\n")
-    assert main(["score", str(manifest), "-m", MODEL, "-q", "--workers", "0"]) == 0
+    assert main(["score", str(manifest), "-m", MODEL, "-q", "--workers", "0"]) == 1  # one listed file is missing: exit 1
     lines = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert [l["path"].split("/")[-1] for l in lines] == ["0.png", "1.png", "missing.png"]
     assert lines[2]["score"] == "" and "file not found" in lines[2]["error"]
@@ -101,7 +101,7 @@ def test_list_and_info(capsys):
     assert main(["info", "entropy"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["lower_better"] is False and info["kind"] == "classic"
-    assert main(["info", "entropi"]) == 1
+    assert main(["info", "entropi"]) == 2
     assert "Did you mean" in capsys.readouterr().err
 
 

@@ -141,7 +141,7 @@ def test_cli_score_writes_maps_and_survives_bad_files(tmp_path, capsys):
     out, maps = tmp_path / "out.csv", tmp_path / "maps"
     argv = ["score", str(folder), "-o", str(out), "--maps", str(maps), "-m", "edge_density", "--workers", "0",
             "--batch-size", "2"]
-    assert main(argv) == 0
+    assert main(argv) == 1  # broken.png: an error row, exit 1
     rows = {r["path"]: r for r in read_scores(out)}
     assert len(rows) == 4
     assert rows[str(folder / "broken.png")]["error"] and rows[str(folder / "broken.png")]["score"] is None
@@ -183,7 +183,7 @@ def test_cli_map_failure_is_recorded_and_scores_are_kept(tmp_path, monkeypatch):
 
 def test_cli_rejects_bad_map_fractions(tmp_path, capsys):
     _half_noise(64, 64).save(tmp_path / "a.png")
-    assert main(["score", str(tmp_path / "a.png"), "--maps", str(tmp_path / "m"), "--map-patch", "0", "-q"]) == 1
+    assert main(["score", str(tmp_path / "a.png"), "--maps", str(tmp_path / "m"), "--map-patch", "0", "-q"]) == 2
     assert "--map-patch" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 

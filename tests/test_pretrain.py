@@ -367,7 +367,7 @@ def test_cli_pretrain_runs_a_tiny_config(data, monkeypatch):
     assert (out / pt.ENCODER).exists() and (out / pt.CARD).exists()
     card = json.loads((out / pt.CARD).read_text())
     assert card["training"]["data"]["excluded"] == 4
-    assert main(["pretrain", str(path), "--device", "cpu", "--workers", "0", "-q"]) == 1  # last.pt exists
+    assert main(["pretrain", str(path), "--device", "cpu", "--workers", "0", "-q"]) == 2  # last.pt exists: refused
     assert main(["pretrain", str(path), "--resume", "--device", "cpu", "--workers", "0", "-q"]) == 0
     finished = json.loads((out / pt.CARD).read_text())["training"]
     assert finished["finished"] and finished["steps"] == 8 and finished["final_loss"] is not None  # 18 images: 4 steps an epoch

@@ -159,8 +159,8 @@ def test_cli_train_resume_continues_a_killed_cmssa_run(tmp_path, monkeypatch, to
     (tmp_path / "cmssa.json").write_text(json.dumps(config))
     monkeypatch.setattr(cmssa_module, "build_encoders", lambda spec, **kw: _tiny_encoders(tokenizer))
 
-    def train(out, *extra):
-        return main(["train", str(tmp_path / "cmssa.json"), "--output-dir", str(tmp_path / out), "--workers", "0",
+    def train(out, *extra, verbose=False):  # -v lets an exception through instead of printing one line
+        return main([*(["-v"] if verbose else []), "train", str(tmp_path / "cmssa.json"), "--output-dir", str(tmp_path / out), "--workers", "0",
                      "--device", "cpu", "-q", *extra])
 
     assert train("whole") == 0
@@ -168,12 +168,12 @@ def test_cli_train_resume_continues_a_killed_cmssa_run(tmp_path, monkeypatch, to
     # killed in the second split after its first epoch
     crash_after_saves(monkeypatch, 4)
     with pytest.raises(_Crash):
-        train("killed")
+        train("killed", verbose=True)
     monkeypatch.undo()
     monkeypatch.setattr(cmssa_module, "build_encoders", lambda spec, **kw: _tiny_encoders(tokenizer))
     checkpoints = tmp_path / "killed" / "checkpoints"
     assert len(list(checkpoints.glob("fit-*.pt"))) == 2
-    assert train("killed") == 1  # leftover checkpoints without --resume: an error, nothing overwritten
+    assert train("killed") == 2  # leftover checkpoints without --resume: an error, nothing overwritten
     # pyica 0.1 kept CM-SSA's fits in <model>.checkpoints: an interrupted run there continues from there
     checkpoints = checkpoints.rename(tmp_path / "killed" / "cmssa_offline.lite2_minilm.checkpoints")
     assert train("killed", "--resume") == 0

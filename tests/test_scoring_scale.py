@@ -102,7 +102,7 @@ def test_tar_shards_with_brace_pattern_score_like_the_files(tmp_path):
 
     out = tmp_path / "s.jsonl"
     assert main(["score", pattern, str(tmp_path / "x-009.tar"), *files, "-m", MODEL, "-o", str(out), "-q",
-                 "--workers", "2", "--batch-size", "2"]) == 0
+                 "--workers", "2", "--batch-size", "2"]) == 1  # x-009.tar is missing: an error row, exit 1
     rows = read_scores(out)
     assert [r["path"] for r in rows] == keys + [str(tmp_path / "x-009.tar")] + files
     by_key = {r["path"]: r for r in rows}
@@ -113,7 +113,7 @@ def test_tar_shards_with_brace_pattern_score_like_the_files(tmp_path):
     assert main(["score", pattern, "-m", MODEL, "-o", str(out), "-q", "--workers", "0", "--resume"]) == 0
     assert len(read_scores(out)) == len(rows)
     assert json.loads((tmp_path / "s.jsonl.meta.json").read_text())["skipped_already_done"] == 5
-    assert main(["score", pattern, "-m", MODEL, "-o", str(tmp_path / "m.csv"), "--maps", str(tmp_path / "maps")]) == 1
+    assert main(["score", pattern, "-m", MODEL, "-o", str(tmp_path / "m.csv"), "--maps", str(tmp_path / "maps")]) == 2
 
 
 def test_truncated_tar_member_is_an_error_row(tmp_path):
@@ -177,10 +177,10 @@ def test_torchrun_ranks_write_their_own_files(tmp_path):
 def test_torchrun_needs_an_output_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    assert main(["score", str(tmp_path), "-m", MODEL, "-q"]) == 1
+    assert main(["score", str(tmp_path), "-m", MODEL, "-q"]) == 2
     assert "-o is needed" in capsys.readouterr().err
     monkeypatch.setenv("RANK", "2")
-    assert main(["score", str(tmp_path), "-m", MODEL, "-q", "-o", str(tmp_path / "s.csv")]) == 1
+    assert main(["score", str(tmp_path), "-m", MODEL, "-q", "-o", str(tmp_path / "s.csv")]) == 2
     assert "RANK=2" in capsys.readouterr().err
 
 

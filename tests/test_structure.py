@@ -134,6 +134,6 @@ def test_bad_torchrun_variables_are_one_line_naming_the_variable(torchrun, tmp_p
     torchrun(**env)
     with pytest.raises(ValueError, match=message):
         torchrun_env()
-    assert main(["score", str(tmp_path), "-m", "entropy", "-q", "-o", str(tmp_path / "s.csv")]) == 1
+    assert main(["score", str(tmp_path), "-m", "entropy", "-q", "-o", str(tmp_path / "s.csv")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -67,7 +67,7 @@ def test_every_method_builds_a_trainer_through_one_function(tmp_path):
 
 
 def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
-    assert main(["train", str(write(tmp_path, {**BASE, "recipe": {"epochz": 3}, "dataset": "toy.csv"}))]) == 1
+    assert main(["train", str(write(tmp_path, {**BASE, "recipe": {"epochz": 3}, "dataset": "toy.csv"}))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("pyica: error: ") and "c.json" in err[-1] and "Traceback" not in "\n".join(err)
     (tmp_path / "broken.json").write_text("{not json")

@@ -1,7 +1,13 @@
 """The ``pyica`` command: list, info, score, eval, validate-data.
 
 Data goes to stdout or the named output files; progress and log messages go to stderr.
-Exit codes: 0 success, 1 error, 2 usage error.
+
+Exit codes (docs/troubleshooting.md): 0 every input was scored (or the command succeeded); 1 some inputs
+failed, with an error row for each (``score``; also ``train --verify`` that does not reproduce and
+``validate-data`` that finds problems); 2 nothing was done: a usage error, a refusal (an output that
+exists or is locked, bad weights or config), or a run that scored no image; 130 interrupted; 141 the
+reader of stdout went away (``pyica score ... | head``). A problem is one line on stderr; ``-v`` adds
+the traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +23,21 @@ from pathlib import Path
 
 log = logging.getLogger("pyica")
 
+EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+
+
+def _count(minimum: int):
+    """An argparse type: a whole number >= ``minimum`` (a bad value is a usage error, not a traceback)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+    return parse
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .registry import DEFAULT_MODEL
@@ -28,13 +49,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "`pyica train` wrote; its .json card must lie beside it)")
     p.add_argument("--device", default="auto",
                    help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps' (default: auto)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=_count(1), default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=_count(0), default=None,
                    help="DataLoader worker processes that decode and preprocess images "
                         "(default: one per spare CPU core, at most 8; 0 = load in the main process)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision for learned models on GPU (default: fp32)")
-    p.add_argument("--max-pixels", type=int, default=None,
+    p.add_argument("--max-pixels", type=_count(1), default=None,
                    help="reject images whose header announces more pixels than this, before decoding "
                         "(decompression-bomb guard; default 100,000,000 or $PYICA_MAX_PIXELS)")
 
@@ -81,8 +102,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output file (.csv or .jsonl); default: CSV to stdout")
     p.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from the extension, else csv)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an earlier run into the same output, skipping inputs it already has")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+                   help="continue an earlier run into the same output, skipping inputs it already has (refused "
+                        "if that run used another model, weights, precision or format)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output file (when this run finishes; until then it stays as it was)")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run is writing the same output, wait for it instead of refusing")
     p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
@@ -289,6 +314,33 @@ def _environment(device) -> dict:
     }
 
 
+def _score_identity(args) -> dict:
+    """What writes the rows of ``pyica score``: a resumed output must have been written by the same."""
+    from .registry import get_entry
+    from .weights import sha256_file
+
+    if args.weights:
+        weights = sha256_file(args.weights)
+    else:
+        weights = (get_entry(args.model).card.get("weights") or {}).get("sha256")
+    return {"model": args.model, "weights_sha256": weights, "precision": args.precision}
+
+
+def _files_read(inputs) -> list[str]:
+    """The files named on the command line (manifests, archives, images): an output must not be one of them."""
+    import os
+
+    from .inputs import expand_input
+
+    out = []
+    for item in inputs:
+        try:
+            out.extend(p for p in expand_input(item) if os.path.isfile(p))
+        except (OSError, ValueError):
+            continue  # reported when the inputs are read
+    return out
+
+
 def cmd_score(args) -> int:
     import itertools
     import os
@@ -299,10 +351,12 @@ def cmd_score(args) -> int:
     from .inputs import check_inputs, expand_input, iter_image_paths
     from .runtime import torchrun_env
     from .scoring import rank_output_path, score_paths
-    from .writers import ScoreWriter, write_json_atomic
+    from .writers import ScoreWriter, text_safe
 
     if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
         raise ValueError(f"--map-patch and --map-stride must be in (0, 1], got {args.map_patch} and {args.map_stride}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the output, or replace it")
     check_inputs(args.inputs)
     if args.maps and any(p.lower().endswith(".tar") for item in args.inputs for p in expand_input(item)):
         raise ValueError("--maps cannot read images inside .tar shards; extract them or score without --maps")
@@ -319,66 +373,77 @@ def cmd_score(args) -> int:
             args.workers = min(8, max(1, cores // local_world - 1))
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}))
-    writer = ScoreWriter(args.output, args.format, resume=args.resume, overwrite=args.overwrite)
-    if writer.done and not args.quiet:
-        log.info("resuming: %d inputs already in %s", len(writer.done), args.output)
-    # Positions in the input stream: --shard I/N keeps p % N == I, then rank r of w keeps every w-th of
-    # those from the r-th on, i.e. p % (N * w) == I + N * r. Nothing is listed: counts are kept on the fly.
-    counts = {"inputs": 0, "skipped": 0}
-
-    def todo():
-        stream = iter_image_paths(args.inputs, recursive=args.recursive)
-        mine = itertools.islice(itertools.islice(stream, shard_i, None, shard_n), rank, None, world)
-        for path in mine:
-            counts["inputs"] += 1
-            if path in writer.done:
-                counts["skipped"] += 1
-            else:
-                yield path
-
-    paths = todo()
-    n_scored = n_errors = 0
-    maps_written, map_errors, map_failures, map_seconds = 0, 0, [], 0.0
-    if args.maps:
-        from . import maps as mapping
-        from .loading import ImageLoadError, load_image
-
-        maps_root = mapping.inputs_root(args.inputs)
-
-    def write_maps(records) -> None:
-        """Maps of the scored records (called after their scores are written); a failure is logged and kept."""
-        nonlocal maps_written, map_errors, map_seconds
-        if not args.maps:
-            return
-        t_maps = time.perf_counter()
-        for rec in records:
-            if rec.error:
-                continue
-            try:
-                image = load_image(rec.path, args.max_pixels)
-                boxes, _ = mapping.patch_grid(image.width, image.height, args.map_patch, args.map_stride)
-                grid = mapping.complexity_map(model, image, args.map_patch, args.map_stride, batch_size=args.batch_size)
-                mapping.write_map(args.maps, rec.path, grid, mapping.overlay(image, grid, boxes=boxes), maps_root)
-                maps_written += 1
-            except Exception as err:  # one bad map must not stop the job
-                message = str(err) if isinstance(err, ImageLoadError) else f"{rec.path}: {type(err).__name__}: {err}"
-                log.warning("map failed: %s", message)
-                if len(map_failures) < 100:  # the metadata lists the first 100, counts them all
-                    map_failures.append(message)
-                map_errors += 1
-        map_seconds += time.perf_counter() - t_maps
-
+    # The output is checked, locked and prepared before the model loads: a refusal costs nothing.
+    writer = ScoreWriter(args.output, args.format, resume=args.resume, overwrite=args.overwrite,
+                         identity=_score_identity(args), reads=_files_read(args.inputs), wait=args.wait)
     finished = False
-    t_model = time.perf_counter()
     try:
+        model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}))
+        if writer.done and not args.quiet:
+            log.info("resuming: %d inputs already in %s", len(writer.done), args.output)
+        # Positions in the input stream: --shard I/N keeps p % N == I, then rank r of w keeps every w-th of
+        # those from the r-th on, i.e. p % (N * w) == I + N * r. Nothing is listed: counts are kept on the fly.
+        # An input named twice (a manifest listing a file again, a folder and a file in it) is scored once.
+        counts = {"inputs": 0, "skipped": 0, "repeated": 0}
+        seen: set[str] = set()
+
+        def todo():
+            stream = iter_image_paths(args.inputs, recursive=args.recursive)
+            mine = itertools.islice(itertools.islice(stream, shard_i, None, shard_n), rank, None, world)
+            for path in mine:
+                key = text_safe(path)
+                if key in seen:
+                    counts["repeated"] += 1
+                    continue
+                seen.add(key)
+                counts["inputs"] += 1
+                if key in writer.done:
+                    counts["skipped"] += 1
+                else:
+                    yield path
+
+        paths = todo()
+        n_scored = n_errors = 0
+        maps_written, map_errors, map_failures, map_seconds = 0, 0, [], 0.0
+        if args.maps:
+            from . import maps as mapping
+            from .loading import ImageLoadError, load_image
+
+            maps_root = mapping.inputs_root(args.inputs)
+
+        def write_maps(records) -> None:
+            """Maps of the scored records (called after their scores are written); a failure is logged and kept."""
+            nonlocal maps_written, map_errors, map_seconds
+            if not args.maps:
+                return
+            t_maps = time.perf_counter()
+            for rec in records:
+                if rec.error:
+                    continue
+                try:
+                    image = load_image(rec.path, args.max_pixels)
+                    boxes, _ = mapping.patch_grid(image.width, image.height, args.map_patch, args.map_stride)
+                    grid = mapping.complexity_map(model, image, args.map_patch, args.map_stride, batch_size=args.batch_size)
+                    mapping.write_map(args.maps, rec.path, grid, mapping.overlay(image, grid, boxes=boxes), maps_root)
+                    maps_written += 1
+                except Exception as err:  # one bad map must not stop the job
+                    message = str(err) if isinstance(err, ImageLoadError) else f"{rec.path}: {type(err).__name__}: {err}"
+                    log.warning("map failed: %s", message)
+                    if len(map_failures) < 100:  # the metadata lists the first 100, counts them all
+                        map_failures.append(message)
+                    map_errors += 1
+            map_seconds += time.perf_counter() - t_maps
+
+        t_model = time.perf_counter()
         batch: list = []
+        first_error = None
         for record in score_paths(paths, model, batch_size=args.batch_size, num_workers=args.workers,
                                   precision=args.precision, max_pixels=args.max_pixels,
                                   progress=not args.quiet, model_name=args.model):
             batch.append(record)
             if record.error:
                 n_errors += 1
+                first_error = first_error or record.error
             else:
                 n_scored += 1
             if len(batch) >= args.batch_size:
@@ -387,46 +452,58 @@ def cmd_score(args) -> int:
                 batch = []
         writer.write(batch)
         write_maps(batch)
+        seconds = time.perf_counter() - t0
+        scoring_seconds = time.perf_counter() - t_model - map_seconds
+        skipped, processed = counts["skipped"], n_scored + n_errors
+        meta = {
+            "command": " ".join(["pyica", *map(text_safe, args.argv)]),
+            "model": args.model,
+            "model_info": model_info(args.model),
+            **_environment(model.device),
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "shard": f"{shard_i}/{shard_n}" if args.shard else None,
+            "rank": rank,
+            "world_size": world,
+            "inputs": counts["inputs"],
+            "repeated_inputs_scored_once": counts["repeated"],
+            "skipped_already_done": skipped,
+            "scored": n_scored,
+            "errors": n_errors,
+            "seconds_total": round(seconds, 3),
+            "seconds_scoring": round(scoring_seconds, 3),
+            "images_per_second": round(processed / scoring_seconds, 3) if scoring_seconds > 0 and processed else None,
+            "started_utc": started.isoformat(timespec="seconds"),
+            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if args.maps:
+            meta["maps"] = {"dir": args.maps, "patch_fraction": args.map_patch, "stride_fraction": args.map_stride,
+                            "written": maps_written, "errors": map_errors, "failures": map_failures,
+                            "seconds": round(map_seconds, 3)}
+        writer.close(finished=True, meta=meta)
         finished = True
     finally:
-        writer.close(finished=finished)
-    seconds = time.perf_counter() - t0
-    scoring_seconds = time.perf_counter() - t_model - map_seconds
-    skipped, processed = counts["skipped"], n_scored + n_errors
-    meta = {
-        "command": " ".join(["pyica", *args.argv]),
-        "model": args.model,
-        "model_info": model_info(args.model),
-        **_environment(model.device),
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-        "workers": args.workers,
-        "shard": f"{shard_i}/{shard_n}" if args.shard else None,
-        "rank": rank,
-        "world_size": world,
-        "inputs": counts["inputs"],
-        "skipped_already_done": skipped,
-        "scored": n_scored,
-        "errors": n_errors,
-        "seconds_total": round(seconds, 3),
-        "seconds_scoring": round(scoring_seconds, 3),
-        "images_per_second": round(processed / scoring_seconds, 3) if scoring_seconds > 0 and processed else None,
-        "started_utc": started.isoformat(timespec="seconds"),
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    if args.maps:
-        meta["maps"] = {"dir": args.maps, "patch_fraction": args.map_patch, "stride_fraction": args.map_stride,
-                        "written": maps_written, "errors": map_errors, "failures": map_failures,
-                        "seconds": round(map_seconds, 3)}
-    if args.output:
-        write_json_atomic(Path(args.output).with_name(Path(args.output).name + ".meta.json"), meta)
+        if not finished:
+            writer.close(finished=False)
+    if counts["repeated"]:
+        log.warning("%d inputs were named more than once; each was scored once", counts["repeated"])
     if not args.quiet:
         rate = f", {meta['images_per_second']:.1f} images/s" if meta["images_per_second"] else ""
         print(f"pyica: {n_scored} scored, {n_errors} errors, {skipped} already done, {seconds:.1f} s{rate}"
               + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
         if args.maps:
             print(f"pyica: {maps_written} maps, {map_errors} map errors -> {args.maps}", file=sys.stderr)
-    return 0
+    if n_errors:
+        where = f"the error column of {args.output}" if args.output else "the error column of the output"
+        print(f"pyica: {n_errors} of {processed} inputs failed (first: {text_safe(first_error)}); see {where}",
+              file=sys.stderr)
+    if counts["inputs"] == 0:
+        print("pyica: error: no images found in the inputs", file=sys.stderr)
+        return EXIT_FAILED
+    if n_scored == 0 and skipped == 0:
+        return EXIT_FAILED
+    return EXIT_SOME_FAILED if n_errors else EXIT_OK
 
 
 def cmd_eval(args) -> int:
@@ -547,6 +624,29 @@ def cmd_caption(args) -> int:
     return 0
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line, naming the file for OS errors (full disk, read-only, too long)."""
+    from .writers import text_safe
+
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else ""
+        message = f"{where}: {err.strerror}" if where != "" else err.strerror
+    elif isinstance(err, KeyError) and err.args:
+        message = str(err.args[0])
+    elif isinstance(err, (ValueError, RuntimeError, OSError)):
+        message = str(err)
+    else:
+        message = f"{type(err).__name__}: {err} (unexpected; run with -v for the traceback and report it)"
+    return text_safe(" ".join(str(message).split("\n")))
+
+
+def _check_environment() -> None:
+    """Environment variables pyica reads, checked before any work: a bad value is one line naming it."""
+    from .loading import max_pixels_budget
+
+    max_pixels_budget()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -554,13 +654,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="pyica: %(message)s",
                         stream=sys.stderr)
     try:
+        _check_environment()
         return args.func(args)
     except KeyboardInterrupt:
         print("pyica: interrupted", file=sys.stderr)
-        return 130
-    except (FileExistsError, FileNotFoundError, KeyError, ValueError, RuntimeError) as err:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of stdout went away (`pyica score ... | head`): stop quietly, as other tools do
+        import os
+
+        with _suppress():
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as err:  # noqa: BLE001 - every failure is one line; -v shows the traceback
         if args.verbose:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"pyica: error: {message}", file=sys.stderr)
-        return 1
+        print(f"pyica: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _suppress():
+    import contextlib
+
+    return contextlib.suppress(OSError, ValueError)

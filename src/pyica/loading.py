@@ -41,12 +41,32 @@ try:  # colour management is optional in Pillow builds
 except ImportError:  # pragma: no cover - depends on the Pillow build
     ImageCms = None
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb", "DEFAULT_MAX_PIXELS", "image_extensions"]
+__all__ = ["ImageLoadError", "load_image", "to_rgb", "DEFAULT_MAX_PIXELS", "max_pixels_budget", "image_extensions"]
 
 #: Default pixel budget: 100 megapixels (a 10,000 x 10,000 image). Larger headers are rejected
 #: before decoding, which protects batch jobs from decompression bombs. Override per call, or for
-#: the process with the ``PYICA_MAX_PIXELS`` environment variable.
-DEFAULT_MAX_PIXELS = int(os.environ.get("PYICA_MAX_PIXELS", 100_000_000))
+#: the process with the ``PYICA_MAX_PIXELS`` environment variable (see :func:`max_pixels_budget`).
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_pixels_budget(max_pixels: int | None = None) -> int:
+    """The pixel budget: ``max_pixels`` if given, else ``$PYICA_MAX_PIXELS``, else :data:`DEFAULT_MAX_PIXELS`.
+
+    Read when used, not at import, so that a bad value is one :class:`ValueError` naming the variable
+    (and ``pyica list`` still runs).
+    """
+    if max_pixels is not None:
+        return int(max_pixels)
+    text = os.environ.get("PYICA_MAX_PIXELS", "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"PYICA_MAX_PIXELS={text!r}: expected a whole number of pixels >= 1, e.g. 200000000")
+    return value
 
 #: Background used for transparent pixels.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -82,7 +102,7 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     Raises :class:`ImageLoadError` naming the file and the cause for every failure.
     """
     name = _describe(source)
-    budget = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    budget = max_pixels_budget(max_pixels)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():

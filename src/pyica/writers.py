@@ -1,11 +1,21 @@
-"""Score writers: CSV or JSONL rows, written so that no finished work is lost.
+"""Output files of batch jobs (scores, captions): written so that no work is lost and nothing is destroyed.
 
-While a job runs, rows go to ``OUT.part`` and are flushed after every batch; when the job ends the
-file is renamed to ``OUT`` in one atomic step. A job that stopped early (even by ``kill -9``) leaves
-``OUT.part`` behind, and ``--resume`` continues from it: the file is cut after its last complete row
-(a half-written line, or a CSV record torn inside a quoted field, is dropped and its input redone),
-so every input ends up in the output exactly once. Resuming reads the file once, streaming; what it
-keeps in memory is the set of paths already written.
+The rules, enforced by :class:`OutputFile` for every job that writes rows:
+
+* pyica never deletes, truncates or renames over a file this run did not create. An existing
+  output needs ``--resume`` (continue it) or ``--overwrite`` (replace it, at the end, atomically);
+  a folder, an input of the same run, or anything that is not a regular file is refused; a FIFO or
+  character device is written straight into (no temporary file, no rename, no resume).
+* While a job runs, rows go to ``OUT.part`` and are flushed after every batch; at the end the file
+  is renamed to ``OUT`` in one atomic step. ``OUT.lock`` (a lock file, left in place) keeps a second
+  run off the same output: it refuses at once, naming the holder, or waits with ``wait=True``.
+* ``OUT.meta.json`` records what wrote the rows (model, weights, format, ...: the job's *identity*),
+  from the start of the run. ``--resume`` with another identity is refused, naming what differs.
+* A job that stopped early (even by ``kill -9``) leaves ``OUT.part``; ``--resume`` continues from it:
+  the file is cut after its last complete row (a half-written line, or a CSV record torn inside a
+  quoted field, is dropped and its input redone), so every input ends up exactly once. Resuming a
+  finished ``OUT`` copies it to ``OUT.part`` first; ``OUT`` is replaced only when the job finishes.
+  Resuming reads the file once, streaming; what it keeps in memory is the set of paths written.
 """
 
 from __future__ import annotations
@@ -15,13 +25,18 @@ import csv
 import io
 import json
 import os
+import shutil
+import socket
+import stat
 import sys
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["ScoreWriter", "read_scores", "iter_scores", "write_json_atomic", "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS",
-           "drop_torn_tail"]
+__all__ = ["ScoreWriter", "OutputFile", "OutputRefused", "read_scores", "iter_scores", "write_json_atomic",
+           "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS", "drop_torn_tail",
+           "text_safe"]
 
 FORMATS = ("csv", "jsonl")
 SCORE_COLUMNS = ("path", "model", "score", "error")
@@ -55,6 +70,7 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], su
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be like any file the user writes
         write(temp)
         with open(temp, "rb") as f:
             os.fsync(f.fileno())
@@ -63,6 +79,22 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], su
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; restored at once
+    os.umask(mask)
+    return mask
+
+
+def text_safe(text: str) -> str:
+    """``text`` writable as UTF-8: a file name that is not valid UTF-8 (held by Python as surrogate
+    escapes) gets its stray bytes written as ``\\xNN``, so output files stay valid UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -150,96 +182,306 @@ def read_scores(path: str | os.PathLike, fmt: str | None = None) -> list[dict[st
     return list(iter_scores(path, fmt))
 
 
-def _complete_rows(part: Path, fmt: str) -> tuple[set[str], bool]:
+
+class OutputRefused(ValueError):
+    """An output this job may not write (exists, is a folder or an input, locked, another identity).
+
+    The message is one line naming the file and what to do instead.
+    """
+
+
+def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[str], bool]:
     """Cut ``part`` after its last complete row; return the paths of its rows and whether it has a header.
 
-    One streaming pass: nothing but the set of paths is kept.
+    One streaming pass: nothing but the set of paths is kept. With ``model``, a row of another model
+    is refused (the file was written by another job).
     """
     drop_torn_tail(part)
     done: set[str] = set()
+
+    def check_model(found) -> None:
+        if model is not None and found not in (None, "", model):
+            raise OutputRefused(f"{part}: holds rows of model {found!r}, this run scores with {model!r}: "
+                                "use another output, or --overwrite to start over")
+
     if fmt == "jsonl":
         for row in iter_scores(part, fmt):
             done.add(str(row["path"]))
+            check_model(row.get("model"))
         return done, False
     consumed = [0]
     with open(part, "rb") as f:
         records = _csv_records(f, consumed)
         header = next(records, None)
         if header is not None and header[:1] != ["path"]:
-            raise ValueError(f"{part}: not a pyica score file (first row {header!r}, expected {list(SCORE_COLUMNS)})")
+            raise OutputRefused(f"{part}: not a pyica score file (first row {header!r}, expected {list(SCORE_COLUMNS)})")
+        model_column = header.index("model") if header and "model" in header else None
         for record in records:
             if record:
                 done.add(record[0])
+                if model_column is not None and len(record) > model_column:
+                    check_model(record[model_column])
     if part.stat().st_size > consumed[0]:
         with open(part, "rb+") as f:
             f.truncate(consumed[0])
     return done, header is not None
 
 
-class ScoreWriter:
-    """Writes :class:`~pyica.scoring.ScoreRecord` rows to a file (atomically finished) or to stdout.
+def _sniff_format(path: Path) -> str | None:
+    """``"csv"`` or ``"jsonl"`` from a score file's first line; ``None`` when empty; refused when neither."""
+    with open(path, "rb") as f:
+        first = f.readline(65536).lstrip(b"\xef\xbb\xbf").strip()
+    if not first:
+        return None
+    if first.startswith(b"{"):
+        return "jsonl"
+    if first.split(b",")[0].strip(b'"') == b"path":
+        return "csv"
+    raise OutputRefused(f"{path}: not a pyica output file (first line {first[:60]!r}): refusing to resume or append to it")
 
-    ``resume=True`` continues an earlier run of the same output: ``done`` then holds the paths it
-    already wrote, which the caller skips. Without ``resume``, an existing output is an error
-    unless ``overwrite=True``.
+
+def _file_kind(path: Path) -> str:
+    """``missing``, ``file``, ``folder``, ``stream`` (FIFO or character device) or ``other``."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing" if not os.path.islink(path) else "file"  # a dangling link is replaced like a file
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return "stream"
+    return "other"
+
+
+def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+class OutputFile:
+    """One output file of a batch job: checks, lock, identity, ``OUT.part``, atomic finish (see the module).
+
+    ``identity`` describes what writes the rows (model, weights hash, format, ...); it is recorded in
+    ``OUT.meta.json`` and compared on ``resume``. ``reads`` are the files this job reads (the output
+    must not be one of them). ``model`` (score files) refuses to resume a file holding rows of another
+    model even when its sidecar is gone. After construction, ``done`` holds the paths already written.
     """
 
-    def __init__(self, path: str | os.PathLike | None, fmt: str | None = None, resume: bool = False, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, fmt: str, *, identity: dict[str, Any] | None = None,
+                 resume: bool = False, overwrite: bool = False, reads: Iterable[str | os.PathLike] = (),
+                 wait: bool = False, model: str | None = None):
+        self.path = Path(path)
+        self.fmt = fmt
+        self.identity = dict(identity or {}, format=fmt)
+        self.part = self.path.with_name(self.path.name + ".part")
+        self.meta_path = self.path.with_name(self.path.name + ".meta.json")
+        self.done: set[str] = set()
+        self.has_header = False
+        self.rows_written = 0
+        self._lock = None
+        self._created: list[Path] = []  # files this run made, removed if it ends before writing a row
+        kind = _file_kind(self.path)
+        if kind == "folder":
+            raise OutputRefused(f"{self.path} is a folder: give a file name, e.g. {self.path / ('scores.' + fmt)}")
+        if kind == "other":
+            raise OutputRefused(f"{self.path} is not a regular file (a socket or block device): refusing to write to it")
+        for source in reads:
+            if any(_same_file(source, p) for p in (self.path, self.part, self.meta_path) if os.path.lexists(p)):
+                raise OutputRefused(f"{self.path} is also an input of this run ({source}): choose another output")
+        self.streaming = kind == "stream"
+        if self.streaming:  # a FIFO or device: written straight into; there is nothing to rename or resume
+            if resume:
+                raise OutputRefused(f"{self.path} is a FIFO or device: it cannot be resumed")
+            self.stream = open(self.path, "w", encoding="utf-8", newline="")
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._acquire(wait)
+        try:
+            self._prepare(resume, overwrite)
+            self.stream = open(self.part, "a", encoding="utf-8", newline="")
+        except BaseException:
+            self._release()
+            raise
+
+    # --- setup ---------------------------------------------------------------------------------------------
+
+    def _acquire(self, wait: bool) -> None:
+        import filelock
+
+        lock = filelock.FileLock(str(self.path) + ".lock")
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except filelock.Timeout:
+            holder = (self._read_meta() or {}).get("running") or {}
+            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_utc')}"
+                   if holder else "another process")
+            raise OutputRefused(f"{self.path} is being written by another pyica run ({who}): wait for it to "
+                                "finish, or pass --wait") from None
+        except OSError as err:
+            raise OutputRefused(f"{self.path}.lock: cannot create the lock file ({err.strerror or err})") from None
+        self._lock = lock
+
+    def _read_meta(self) -> dict | None:
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _prepare(self, resume: bool, overwrite: bool) -> None:
+        existing = [p for p in (self.path, self.part) if os.path.lexists(p)]
+        for p in existing:
+            if _file_kind(p) not in ("file", "missing"):
+                raise OutputRefused(f"{p} is not a regular file: refusing to replace it")
+        if existing and not (resume or overwrite):
+            raise OutputRefused(f"{existing[0]} exists: pass --resume to continue it or --overwrite to replace it")
+        if self.meta_path.exists() and not (resume or overwrite) and self._read_meta() is None:
+            raise OutputRefused(f"{self.meta_path} exists and is not a pyica sidecar: refusing to replace it")
+        if resume and existing:
+            self._check_identity()
+            source = self.part if self.part.exists() else self.path
+            sniffed = _sniff_format(source)
+            if sniffed is not None and sniffed != self.fmt:
+                raise OutputRefused(f"{source} holds {sniffed.upper()} rows but this run writes {self.fmt.upper()}: "
+                                    "resume with the same format, or choose another output")
+            if not self.part.exists():  # continue a finished file on a copy: OUT is replaced only at the end
+                shutil.copyfile(self.path, self.part)
+            self.done, self.has_header = _complete_rows(self.part, self.fmt, self.identity.get("model"))
+        else:
+            # a fresh start; with --overwrite, OUT is replaced only when this run finishes
+            if not self.part.exists():
+                self._created.append(self.part)
+            with open(self.part, "w", encoding="utf-8"):
+                pass
+        if not self.meta_path.exists():
+            self._created.append(self.meta_path)
+        self.write_meta({"status": "running"})
+
+    def _check_identity(self) -> None:
+        recorded = (self._read_meta() or {}).get("identity")
+        if not isinstance(recorded, dict):
+            return  # written before sidecars recorded identities: the format and model checks still apply
+        differ = [f"{key} was {recorded.get(key)!r}, now {value!r}" for key, value in self.identity.items()
+                  if key in recorded and recorded.get(key) != value]
+        if differ:
+            raise OutputRefused(f"{self.path} was written by another setup ({'; '.join(differ)}): resume with "
+                                "the same settings, use another output, or --overwrite to start over")
+
+    # --- rows and the end ----------------------------------------------------------------------------------
+
+    def write_meta(self, fields: dict[str, Any]) -> None:
+        """Write ``OUT.meta.json``: ``fields`` plus the identity (and, while running, who holds the lock)."""
+        if self.streaming:
+            return
+        meta = {**fields, "identity": self.identity}
+        if fields.get("status") == "running":
+            meta["running"] = {"pid": os.getpid(), "host": socket.gethostname(),
+                               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json_atomic(self.meta_path, meta)
+
+    def write(self, text: str, rows: int) -> None:
+        """Append ``text`` (whole rows) and flush, so that a crash loses at most the rows being written."""
+        self.stream.write(text)
+        self.stream.flush()
+        self.rows_written += rows
+
+    def finish(self, meta: dict[str, Any] | None = None) -> None:
+        """Close and atomically rename ``OUT.part`` to ``OUT``; record ``meta`` in the sidecar."""
+        try:
+            self.stream.flush()
+            if self.streaming:
+                self.stream.close()
+                return
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+            os.replace(self.part, self.path)
+            self.write_meta({"status": "finished", **(meta or {})})
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Close after a failure: ``OUT.part`` stays for ``--resume``, unless this run made it and wrote nothing."""
+        try:
+            with contextlib.suppress(OSError, ValueError):
+                self.stream.close()
+            if not self.streaming and self.rows_written == 0:
+                for p in self._created:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+class ScoreWriter:
+    """Writes :class:`~pyica.scoring.ScoreRecord` rows as CSV or JSONL to an :class:`OutputFile` or to stdout.
+
+    ``resume=True`` continues an earlier run of the same output: ``done`` then holds the paths it
+    already wrote (as :func:`text_safe` writes them), which the caller skips. Without ``resume``, an
+    existing output is refused unless ``overwrite=True``. ``identity``, ``reads`` and ``wait`` go to
+    :class:`OutputFile`.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, fmt: str | None = None, resume: bool = False,
+                 overwrite: bool = False, *, identity: dict[str, Any] | None = None,
+                 reads: Iterable[str | os.PathLike] = (), wait: bool = False):
         self.path = Path(path) if path is not None else None
         self.fmt = infer_format(self.path, fmt)
-        self.done: set[str] = set()
         self.rows_written = 0
         self._needs_header = True
+        self.output: OutputFile | None = None
+        self.done: set[str] = set()
         if self.path is None:
             self._stream = sys.stdout
             return
-        self.part = self.path.with_name(self.path.name + ".part")
-        self._prepare(resume, overwrite)
-        self._stream = open(self.part, "a", encoding="utf-8", newline="")
-
-    def _prepare(self, resume: bool, overwrite: bool) -> None:
-        exists = self.path.exists() or self.part.exists()
-        if exists and not (resume or overwrite):
-            existing = self.path if self.path.exists() else self.part
-            raise FileExistsError(f"{existing} exists: pass --resume to continue it or --overwrite to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
-            for p in (self.path, self.part):
-                if p.exists():
-                    p.unlink()
-            return
-        if self.path.exists() and not self.part.exists():
-            os.replace(self.path, self.part)  # continue a finished file: it is renamed back at the end
-        if self.part.exists():
-            self.done, has_header = _complete_rows(self.part, self.fmt)
-            self._needs_header = not has_header
+        identity = dict(identity or {})
+        self.output = OutputFile(self.path, self.fmt, identity=identity, resume=resume, overwrite=overwrite,
+                                 reads=reads, wait=wait, model=identity.get("model"))
+        self.done = self.output.done
+        self._needs_header = not self.output.has_header
 
     def write(self, records: Iterable) -> None:
         """Append records and flush, so that a crash loses at most the batch being written."""
         buffer = io.StringIO()
+        count = 0
         if self.fmt == "csv":
-            writer = csv.writer(buffer, lineterminator="\n")
+            plain = csv.writer(buffer, lineterminator="\n")
+            quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
             if self._needs_header:
-                writer.writerow(SCORE_COLUMNS)
+                plain.writerow(SCORE_COLUMNS)
                 self._needs_header = False
             for r in records:  # error messages on one line, so that a row is one line whenever the path is
-                error = " ".join((r.error or "").splitlines())
-                writer.writerow([r.path, r.model, "" if r.score is None else repr(r.score), error])
-                self.rows_written += 1
+                error = text_safe(" ".join((r.error or "").splitlines()))
+                path = text_safe(r.path)
+                row = [path, r.model, "" if r.score is None else repr(r.score), error]
+                # csv quotes a field holding "\n" but not one holding only "\r": quote every field of such a row
+                (quoted if "\r" in path else plain).writerow(row)
+                count += 1
         else:
             for r in records:
-                buffer.write(json.dumps(r.as_dict(), ensure_ascii=False) + "\n")
-                self.rows_written += 1
-        self._stream.write(buffer.getvalue())
-        self._stream.flush()
-
-    def close(self, finished: bool = True) -> None:
-        """Close; when ``finished``, atomically rename ``OUT.part`` to ``OUT``."""
-        if self.path is None:
+                row = {**r.as_dict(), "path": text_safe(r.path), "error": text_safe(r.error) if r.error else r.error}
+                buffer.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+        self.rows_written += count
+        if self.output is None:
+            self._stream.write(buffer.getvalue())
             self._stream.flush()
-            return
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-        if finished:
-            os.replace(self.part, self.path)
+        else:
+            self.output.write(buffer.getvalue(), count)
+
+    def close(self, finished: bool = True, meta: dict[str, Any] | None = None) -> None:
+        """Close; when ``finished``, atomically rename ``OUT.part`` to ``OUT`` (``meta`` goes to the sidecar)."""
+        if self.output is None:
+            self._stream.flush()
+        elif finished:
+            self.output.finish(meta)
+        else:
+            self.output.abort()
