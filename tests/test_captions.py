@@ -231,10 +231,25 @@ def test_one_failing_image_does_not_fail_its_batch(tmp_path):
     assert summary["captioned"] == 4 and summary["errors"] == 1
     errors = [r["error"] for r in map(json.loads, out.read_text(encoding="utf-8").splitlines()) if r["error"]]
     assert errors == [f"{paths[3]}: captioning failed (RuntimeError: cannot caption this)"]
-    # a provider that fails on every image stops the run; finished batches stay in OUT.part
+    # a provider that fails on every image stops the run; it wrote no row, so it leaves nothing behind
     with pytest.raises(RuntimeError):
         caption_dataset(paths, _Picky(broken=True), tmp_path / "never.jsonl", progress=False)
-    assert not (tmp_path / "never.jsonl").exists() and (tmp_path / "never.jsonl.part").exists()
+    assert not (tmp_path / "never.jsonl").exists() and not (tmp_path / "never.jsonl.part").exists()
+    assert not (tmp_path / "never.jsonl.meta.json").exists()
+
+
+def test_resuming_captions_of_another_captioner_is_refused(tmp_path):
+    paths = [_save(tmp_path, f"{i}.png", i) for i in range(2)]
+    out = tmp_path / "caps.jsonl"
+    caption_dataset(paths, _Counting(), out, progress=False)
+    before = out.read_bytes()
+    other = _Counting()
+    other.describe = lambda: {"provider": "counting", "prompt": "longer"}
+    with pytest.raises(ValueError, match="captioner was"):
+        caption_dataset(paths, other, out, progress=False)
+    assert out.read_bytes() == before and other.calls == 0
+    caption_dataset(paths, other, out, resume=False, progress=False)  # starting over is explicit
+    assert other.images == 2
 
 
 def test_caption_dataset_with_file_provider_reports_missing(tmp_path):

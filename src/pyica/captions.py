@@ -32,7 +32,7 @@ import torch
 from .loading import load_image
 from .progress import progress_bar
 from .runtime import resolve_device
-from .writers import drop_torn_tail, read_scores, write_json_atomic
+from .writers import OutputFile, read_scores, text_safe
 
 __all__ = ["CaptionProvider", "PRESETS", "InstructBlipCaptioner", "BlipCaptioner", "Blip2Captioner", "FileCaptions",
            "ImageNetLabelCaptioner", "CAPTIONERS", "create_captioner", "caption_dataset", "load_captions",
@@ -355,53 +355,51 @@ def caption_dataset(paths: Iterable[str | os.PathLike], provider: CaptionProvide
 
     Rows go to ``OUT.part``, flushed after every batch; ``resume`` skips paths already in
     ``OUT.part`` or a finished ``OUT`` (error rows included: rerun with ``resume=False`` to retry
-    them). At the end ``OUT.part`` is renamed to ``OUT`` atomically.
+    them); resuming a file another captioner (or other caption settings) wrote is refused, naming what
+    differs. At the end ``OUT.part`` is renamed to ``OUT`` atomically; ``resume=False`` replaces ``OUT``
+    then. The output follows :class:`~pyica.writers.OutputFile`'s rules (lock, identity, atomic finish).
     """
     from .version import __version__
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     out = Path(out_path)
-    part = out.with_name(out.name + ".part")
-    out.parent.mkdir(parents=True, exist_ok=True)
     all_paths = [str(p) for p in paths]
-    done: set[str] = set()
-    if resume:
-        if out.exists() and not part.exists():
-            os.replace(out, part)  # extend a finished file; it is renamed back at the end
-        if part.exists():
-            drop_torn_tail(part)
-            done = {str(row["path"]) for row in read_scores(part, "jsonl")}
-    else:
-        for stale in (out, part):
-            stale.unlink(missing_ok=True)
+    # who writes the captions; where it runs does not change them
+    described = provider.describe()
+    identity = {"captioner": {k: v for k, v in described.items()
+                              if k not in ("device", "dtype", "transformers_version", "captions")}}
+    output = OutputFile(out, "jsonl", identity=identity, resume=resume, overwrite=not resume)
+    done = output.done
     unique = list(dict.fromkeys(all_paths))
-    todo = [p for p in unique if p not in done]
+    todo = [p for p in unique if text_safe(p) not in done]
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     n_ok = n_err = 0
     bar = progress_bar(len(todo), progress)
+    finished = False
     try:
-        with open(part, "a", encoding="utf-8", newline="") as f:
-            for start in range(0, len(todo), batch_size):
-                rows = _caption_batch(provider, todo[start:start + batch_size], max_pixels)
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-                f.flush()  # a crash loses at most the batch being captioned
-                n_err += sum(r["error"] is not None for r in rows)
-                n_ok += sum(r["error"] is None for r in rows)
-                bar.update(len(rows))
-            os.fsync(f.fileno())
+        for start in range(0, len(todo), batch_size):
+            rows = _caption_batch(provider, todo[start:start + batch_size], max_pixels)
+            rows = [{**r, "path": text_safe(r["path"]), "error": text_safe(r["error"]) if r["error"] else None}
+                    for r in rows]
+            output.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), len(rows))
+            n_err += sum(r["error"] is not None for r in rows)
+            n_ok += sum(r["error"] is None for r in rows)
+            bar.update(len(rows))
+        seconds = time.perf_counter() - t0
+        summary = {"output": str(out), "provider": described, "inputs": len(all_paths),
+                   "skipped_already_done": len(unique) - len(todo), "captioned": n_ok, "errors": n_err,
+                   "seconds": round(seconds, 3),
+                   "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+                   "batch_size": batch_size, "pyica_version": __version__,
+                   "started_utc": started.isoformat(timespec="seconds"),
+                   "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        output.finish(summary)
+        finished = True
     finally:
         bar.close()
-    os.replace(part, out)
-    seconds = time.perf_counter() - t0
-    summary = {"output": str(out), "provider": provider.describe(), "inputs": len(all_paths),
-               "skipped_already_done": len(unique) - len(todo), "captioned": n_ok, "errors": n_err,
-               "seconds": round(seconds, 3),
-               "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
-               "batch_size": batch_size, "pyica_version": __version__,
-               "started_utc": started.isoformat(timespec="seconds"),
-               "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_json_atomic(out.with_name(out.name + ".meta.json"), summary)
+        if not finished:
+            output.abort()
     return summary
 
 

@@ -654,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="pyica: %(message)s",
                         stream=sys.stderr)
     try:
-        _check_environment()
+        if args.command not in ("list", "info"):  # these read no image: they run whatever the environment
+            _check_environment()
         return args.func(args)
     except KeyboardInterrupt:
         print("pyica: interrupted", file=sys.stderr)

@@ -304,6 +304,7 @@ class OutputFile:
             self._prepare(resume, overwrite)
             self.stream = open(self.part, "a", encoding="utf-8", newline="")
         except BaseException:
+            self._remove_created()
             self._release()
             raise
 
@@ -349,6 +350,7 @@ class OutputFile:
                 raise OutputRefused(f"{source} holds {sniffed.upper()} rows but this run writes {self.fmt.upper()}: "
                                     "resume with the same format, or choose another output")
             if not self.part.exists():  # continue a finished file on a copy: OUT is replaced only at the end
+                self._created.append(self.part)
                 shutil.copyfile(self.path, self.part)
             self.done, self.has_header = _complete_rows(self.part, self.fmt, self.identity.get("model"))
         else:
@@ -409,11 +411,15 @@ class OutputFile:
             with contextlib.suppress(OSError, ValueError):
                 self.stream.close()
             if not self.streaming and self.rows_written == 0:
-                for p in self._created:
-                    with contextlib.suppress(OSError):
-                        p.unlink()
+                self._remove_created()
         finally:
             self._release()
+
+    def _remove_created(self) -> None:
+        for p in self._created:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        self._created = []
 
     def _release(self) -> None:
         if self._lock is not None:
