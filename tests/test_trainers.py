@@ -49,7 +49,7 @@ def test_an_unknown_recipe_field_is_refused_before_anything_runs(tmp_path):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"recipe": {"epochs": "ten"}}, "recipe: '<' not supported"),
+    ({"recipe": {"epochs": "ten"}}, "recipe.epochs: Input should be a valid integer"),
     ({"icnet": {"inputsize": 64}}, "icnet: unknown field(s) inputsize"),
     ({"evaluation": True, "recipe": {"lr": -1}}, "recipe: lr must be positive"),
 ])

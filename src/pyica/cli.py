@@ -47,6 +47,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="trained weights for a model that ships none (CM-SSA: the .safetensors that "
                         "`pyica train` wrote; its .json card must lie beside it)")
+    p.add_argument("--allow-unverified-weights", action="store_true",
+                   help="load weights whose card records no sha256. RISK: nothing then shows that the file is "
+                        "the one the card describes; a damaged, truncated or swapped file can load and score "
+                        "wrongly without an error. Use only for weights you made or checked yourself")
     p.add_argument("--device", default="auto",
                    help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', 'mps' (default: auto)")
     p.add_argument("--batch-size", type=_count(1), default=32, help="images per forward pass (default: 32)")
@@ -159,10 +163,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-root", help="folder of --test-dataset")
     p.add_argument("--fit", choices=("none", "logistic4"), default="none",
                    help="fit a 4-parameter logistic before PLCC/RMSE/MAE (default: none, as the ICA papers)")
-    p.add_argument("-o", "--output", help="tidy results CSV to write (appends rows if it exists)")
+    p.add_argument("-o", "--output",
+                   help="tidy results CSV to write (appends rows to an existing pyica results CSV; any other "
+                        "existing file is refused without --overwrite; never a file eval reads)")
     p.add_argument("--plot", help="scatter plot PNG of predictions vs human scores (test parts, first split)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing -o (instead of appending) or --plot file that is not one eval wrote")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
+    # -m: with --pred it selects that model's rows (default: the file's only model); else the model to run
+    p.set_defaults(func=cmd_eval, model=None)
 
     p = sub.add_parser(
         "train",
@@ -508,25 +517,34 @@ def cmd_score(args) -> int:
 
 def cmd_eval(args) -> int:
     from . import evaluation
+    from .data.loaders import load_dataset
+    from .registry import DEFAULT_MODEL
 
     fit = None if args.fit == "none" else args.fit
+    ds = load_dataset(args.dataset, root=args.root)
+    test_ds = load_dataset(args.test_dataset, root=args.test_root) if args.test_dataset and not args.pred else None
+    reads = evaluation.files_read(pred=args.pred, datasets=[d for d in (ds, test_ds) if d is not None],
+                                  dataset_args=(args.dataset, args.root, args.test_dataset, args.test_root),
+                                  weights=args.weights)
+    evaluation.check_outputs(args.output, args.plot, reads=reads, overwrite=args.overwrite)  # before any work
     if args.pred:
-        rows, pred, target, categories = evaluation.evaluate_predictions_file(
-            args.pred, args.dataset, root=args.root, fit=fit)
+        rows, pred, target, categories = evaluation.evaluate_predictions_file(args.pred, ds, fit=fit, model=args.model)
         plot_data = (pred, target, categories)
     else:
+        args.model = args.model or DEFAULT_MODEL
+        model_kwargs = {**({"weights": args.weights} if args.weights else {}),
+                        **({"allow_unverified": True} if args.allow_unverified_weights else {})}
         result = evaluation.run_protocol(
-            args.model, args.dataset, root=args.root, protocol=args.protocol, n_splits=args.splits,
+            args.model, ds, protocol=args.protocol, n_splits=args.splits,
             seed=args.seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-            test_dataset=args.test_dataset, test_root=args.test_root, fit=fit, device=args.device,
+            test_dataset=test_ds, fit=fit, device=args.device,
             batch_size=args.batch_size, num_workers=args.workers, precision=args.precision,
-            max_pixels=args.max_pixels, progress=not args.quiet,
-            model_kwargs={"weights": args.weights} if args.weights else None)
+            max_pixels=args.max_pixels, progress=not args.quiet, model_kwargs=model_kwargs or None)
         rows = result.rows
         plot_data = result.first_split_predictions
     print(evaluation.format_rows(rows))
     if args.output:
-        evaluation.write_rows(rows, args.output)
+        evaluation.write_rows(rows, args.output, overwrite=args.overwrite)
         print(f"pyica: results -> {args.output}", file=sys.stderr)
     if args.plot:
         evaluation.plot(plot_data, args.plot, title=f"{args.model if not args.pred else Path(args.pred).name}", fit=fit)

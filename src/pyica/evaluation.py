@@ -17,6 +17,9 @@ other model is scored once on every image and each split reads its test part fro
 
 from __future__ import annotations
 
+import csv
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +31,15 @@ from .data.loaders import load_dataset
 from .data.splits import Split, leave_one_category_out, official_split, repeated_random_splits
 from .metrics import evaluate
 from .registry import create_model
-from .reports import format_table, results_rows, scatter_plot, summarise, write_results_csv
+from .reports import RESULT_COLUMNS, format_table, results_rows, scatter_plot, summarise, write_results_csv
 from .scoring import score_paths
 from .version import __version__
 from .writers import read_scores
 
 __all__ = ["EvaluationResult", "run_protocol", "predict_dataset", "evaluate_predictions_file", "metric_rows",
-           "split_rows", "make_splits", "stamp_rows"]
+           "split_rows", "make_splits", "stamp_rows", "check_outputs", "write_rows"]
+
+log = logging.getLogger(__name__)
 
 PROTOCOLS = ("all", "official", "random", "loco")
 
@@ -177,17 +182,75 @@ def stamp_rows(rows: list[dict], seconds: float, errors: dict) -> None:
         row.update(load_errors=len(errors), seconds=round(seconds, 3), pyica_version=__version__)
 
 
-def evaluate_predictions_file(pred_path, dataset, root=None, fit=None):
+def _read_predictions(pred_path, model: str | None) -> tuple[dict[str, float], str | None]:
+    """``{resolved path: score}`` of a `pyica score` file, refusing what would evaluate silently wrong
+    (rows of several models without ``model`` choosing one, a path twice, a NaN or infinite score);
+    error rows (no score) are left out with a warning. Returns the predictions and the model chosen."""
+    try:
+        rows = read_scores(pred_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{pred_path}: predictions file not found") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{pred_path}: not a UTF-8 predictions file") from None
+    except ValueError as err:  # a score that is no number; a JSONL line that is no JSON
+        message = str(err)
+        raise ValueError(message if message.startswith(str(pred_path)) else f"{pred_path}: {message}") from None
+    if any(not isinstance(row, dict) or not row.get("path") for row in rows):
+        raise ValueError(f"{pred_path}: not a pyica predictions file (a row without a 'path')")
+    models = sorted({str(row.get("model") or "") for row in rows})
+    if model is not None:
+        if model not in models:
+            raise ValueError(f"{pred_path}: no rows of model {model!r} (the file holds "
+                             f"{', '.join(repr(m) for m in models if m) or 'rows without a model column'})")
+        rows = [row for row in rows if str(row.get("model") or "") == model]
+    elif len(models) > 1:
+        raise ValueError(f"{pred_path}: rows of {len(models)} models ({', '.join(repr(m) for m in models)}); "
+                         "choose one with -m/--model")
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = str(Path(row["path"]).resolve())
+        counts[key] = counts.get(key, 0) + 1
+    duplicates = {k: n for k, n in counts.items() if n > 1}
+    if duplicates:
+        example, times = next(iter(duplicates.items()))
+        raise ValueError(f"{pred_path}: {len(duplicates)} image path(s) appear more than once (e.g. {example} "
+                         f"{times} times); which score counts is ambiguous: remove the duplicates")
+    predictions: dict[str, float] = {}
+    not_finite, missing = [], []
+    for row in rows:
+        score = row.get("score")
+        if score is None or score == "":
+            missing.append(row)
+            continue
+        try:
+            value = float(score)
+        except (TypeError, ValueError):
+            raise ValueError(f"{pred_path}: score {score!r} of {row['path']} is not a number") from None
+        if not np.isfinite(value):
+            not_finite.append(row["path"])
+        predictions[str(Path(row["path"]).resolve())] = value
+    if not_finite:
+        raise ValueError(f"{pred_path}: {len(not_finite)} row(s) have a NaN or infinite score (e.g. {not_finite[0]}); "
+                         "a model that scores NaN is broken: rescore, or drop those rows")
+    if missing:
+        errors = sum(1 for row in missing if row.get("error"))
+        log.warning("%s: %d row(s) without a score (%d with an error, e.g. %s) are left out of the metrics",
+                    pred_path, len(missing), errors, missing[0]["path"])
+    return predictions, (model if model is not None else (models[0] or None) if models else None)
+
+
+def evaluate_predictions_file(pred_path, dataset, root=None, fit=None, model: str | None = None):
     """Join a `pyica score` output to a dataset's human scores by image path and compute metrics.
 
     Returns ``(rows, pred, target, categories)``. Paths match when they resolve to the same file
     or, failing that, when one ends with the other (predictions made with other roots).
+
+    Refused (``ValueError``, one line naming the file): rows of several models unless ``model`` names
+    the one to evaluate, an image path that appears twice, a NaN or infinite score. Rows without a
+    score (images the model could not read) are left out of the metrics, with a warning that counts them.
     """
+    predictions, chosen = _read_predictions(pred_path, model)
     ds = dataset if isinstance(dataset, ComplexityDataset) else load_dataset(dataset, root=root)
-    predictions = {}
-    for row in read_scores(pred_path):
-        if row.get("score") is not None:
-            predictions[str(Path(row["path"]).resolve())] = float(row["score"])
     by_suffix = {}
     for key, value in predictions.items():
         by_suffix.setdefault(Path(key).name, []).append((key, value))
@@ -204,10 +267,104 @@ def evaluate_predictions_file(pred_path, dataset, root=None, fit=None):
     matched = int(np.isfinite(pred).sum())
     if matched == 0:
         raise ValueError(f"{pred_path}: no prediction path matches an image of dataset {ds.name!r}")
+    label = Path(pred_path).name if model is None else f"{Path(pred_path).name} ({chosen})"
     rows = metric_rows(pred, ds.scores, ds.categories, fit=fit, per_category_scale=ds.per_category_scale,
-                       model=Path(pred_path).name, dataset=ds.name, protocol="predictions", split="all",
+                       model=label, dataset=ds.name, protocol="predictions", split="all",
                        unmatched=len(ds) - matched, pyica_version=__version__)
     return rows, pred, ds.scores, ds.categories
+
+
+# --- where eval writes ----------------------------------------------------------------------------------
+
+def _is_results_csv(path: Path) -> bool:
+    """Whether ``path`` is a results CSV pyica wrote: a header that starts with :data:`RESULT_COLUMNS`."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return header is not None and tuple(header[:len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+
+
+#: Files in a dataset folder that may be label files or splits, which eval may read.
+_LABEL_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".jsonl", ".xlsx", ".xls", ".mat")
+
+
+def files_read(*, pred=None, datasets=(), dataset_args=(), weights=None) -> list[str]:
+    """Every file an eval run reads (so that its outputs never replace one): the predictions file, the
+    weights and their card, manifests given as files, each dataset's images, and the label-like files
+    (CSV, text, JSON, spreadsheets) in each dataset's folder and in folders given as datasets; results CSVs
+    pyica wrote there are not read, so they stay appendable."""
+    from .weights import card_path_of
+
+    reads = [p for p in (pred, weights, card_path_of(weights) if weights else None) if p]
+    folders = set()
+    for arg in dataset_args:
+        if arg and os.path.isfile(arg):
+            reads.append(arg)
+            folders.add(os.path.dirname(os.path.abspath(arg)))
+        elif arg and os.path.isdir(arg):
+            folders.add(arg)
+    for ds in datasets:
+        reads.extend(str(p) for p in ds.full_paths())
+        folders.add(str(ds.root))
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            reads.extend(e.path for e in entries if e.name.lower().endswith(_LABEL_SUFFIXES) and e.is_file()
+                         and not _is_results_csv(Path(e.path)))
+    return reads
+
+
+def _is_png(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def check_outputs(output=None, plot=None, *, reads=(), overwrite: bool = False) -> None:
+    """Refuse, before any work, an eval output that could destroy data (``ValueError``, one line).
+
+    ``output`` (the results CSV) and ``plot`` must not resolve (symlinks followed) to a file eval reads
+    (``reads``, see :func:`files_read`), nor to each other, nor be a folder, a FIFO or a device. An
+    existing ``output`` is appended to when it is a pyica results CSV (its header starts with the results
+    columns), an existing ``plot`` replaced when it is a PNG; any other existing file is refused unless
+    ``overwrite``."""
+    read_files = {os.path.realpath(p): str(p) for p in reads if p}
+    seen: dict[str, str] = {}
+    for flag, target in (("-o/--output", output), ("--plot", plot)):
+        if not target:
+            continue
+        real = os.path.realpath(target)
+        if real in read_files:
+            raise ValueError(f"{target}: {flag} is {read_files[real]}, which eval reads; choose another file")
+        if real in seen:
+            raise ValueError(f"{target}: {flag} and {seen[real]} are the same file")
+        seen[real] = flag
+        if not os.path.exists(real):
+            continue
+        if os.path.isdir(real):
+            raise ValueError(f"{target}: {flag} is a folder; name a file")
+        if not os.path.isfile(real):
+            raise ValueError(f"{target}: {flag} is not a regular file (a FIFO, socket or device)")
+        if flag == "-o/--output" and not _is_results_csv(Path(real)) and not overwrite:
+            raise ValueError(f"{target}: {flag} exists and is not a pyica results CSV, so rows cannot be appended; "
+                             "pass --overwrite to replace it")
+        if flag == "--plot" and not _is_png(real) and not overwrite:
+            raise ValueError(f"{target}: {flag} exists and is not a PNG; pass --overwrite to replace it")
+
+
+def write_rows(rows: list[dict], path, *, overwrite: bool = False) -> None:
+    """Write results ``rows`` to ``path`` atomically: appended to an existing pyica results CSV, else (a
+    new file, or any file with ``overwrite``) a fresh file. An existing file that is not a results CSV is
+    refused without ``overwrite`` (see :func:`check_outputs`)."""
+    path = Path(path)
+    exists = path.exists()
+    appendable = exists and _is_results_csv(path)
+    if exists and not appendable and not overwrite:
+        raise ValueError(f"{path}: not a pyica results CSV, so rows cannot be appended; pass --overwrite to replace it")
+    write_results_csv(rows, path, append=appendable and not overwrite)
 
 
 TABLE_COLUMNS = ("model", "dataset", "protocol", "split", "category", "n", "srcc", "plcc", "krcc", "rmse")
@@ -220,10 +377,6 @@ def format_rows(rows: list[dict]) -> str:
     if len({r.get("split") for r in rows}) > 1:
         return format_table(summarise(rows), columns=list(SUMMARY_COLUMNS))
     return format_table(rows, columns=[c for c in TABLE_COLUMNS if any(c in r for r in rows)])
-
-
-def write_rows(rows: list[dict], path) -> None:
-    write_results_csv(rows, path, append=Path(path).exists())
 
 
 def plot(data, path, title=None, fit=None) -> None:

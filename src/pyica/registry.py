@@ -134,11 +134,19 @@ def model_info(name: str) -> dict:
     }
 
 
-def create_model(name: str, device: str | None = "cpu", **kwargs: Any):
-    """Build the model ``name`` in eval mode on ``device`` (``"auto"`` picks CUDA when present)."""
+def create_model(name: str, device: str | None = "cpu", *, allow_unverified: bool = False, **kwargs: Any):
+    """Build the model ``name`` in eval mode on ``device`` (``"auto"`` picks CUDA when present).
+
+    Weights are loaded through :func:`pyica.weights.load_weights`, which refuses a card that records no
+    sha256; ``allow_unverified=True`` accepts such weights (with a warning). It has no effect on a model
+    that loads no weights (a classic measure)."""
+    import inspect
+
     from .runtime import resolve_device
 
     entry = get_entry(name)
+    if allow_unverified and "allow_unverified" in inspect.signature(entry.builder).parameters:
+        kwargs["allow_unverified"] = True
     model = entry.builder(**kwargs)
     model.name = entry.name
     model.lower_better = entry.lower_better

@@ -6,8 +6,10 @@ architecture and the arguments that rebuild it, preprocessing, score range and d
 data and protocol, measured metrics, the weights file's sha256 and the pyica version that wrote it.
 
 :func:`save_weights` is the only writer, :func:`load_weights` the only reader: it validates the card,
-checks the sha256 (a truncated or swapped file fails loudly instead of scoring wrongly) and returns
-tensors and card. Cards written before this schema (four family-specific layouts) are converted in
+checks the sha256 (a truncated or swapped file fails loudly instead of scoring wrongly; a card that
+records none is refused unless the caller accepts unverified weights with ``allow_unverified=True``),
+refuses NaN or Inf in a floating-point tensor, and returns tensors and card. Where the tensors meet a
+model, :func:`check_dtypes` refuses one whose dtype kind (float, integer, ...) is not the model's. Cards written before this schema (four family-specific layouts) are converted in
 memory by :func:`upgrade_legacy_card`, so weights already on disk, the shipped ones included, keep
 loading unchanged.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +31,12 @@ from .version import __version__
 from .writers import replace_atomically, write_json_atomic
 
 __all__ = ["SCHEMA", "WeightsError", "Card", "sha256_file", "card_path_of", "save_weights", "read_card",
-           "load_weights", "upgrade_legacy_card"]
+           "load_weights", "upgrade_legacy_card", "check_finite", "check_dtypes", "UNVERIFIED_HINT"]
+
+log = logging.getLogger(__name__)
+
+#: How a refused unverified load tells the user to accept one anyway.
+UNVERIFIED_HINT = "pass allow_unverified=True (command line: --allow-unverified-weights) to load it anyway"
 
 SCHEMA = "pyica.card/1"
 
@@ -57,7 +65,7 @@ class Score(_Open):
 
 class WeightsFile(_Open):
     file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")  # None: unverifiable, refused by load_weights
     format: Literal["safetensors"] = "safetensors"
 
 
@@ -152,9 +160,14 @@ def save_weights(tensors: dict[str, torch.Tensor], card: dict[str, Any], path: s
     return card
 
 
-def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_weights(path: str | os.PathLike, *, allow_unverified: bool = False
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(tensors, card)`` of a weights file (or its card): the card validated (older layouts
-    upgraded), the file's sha256 checked against it, the tensors on the CPU."""
+    upgraded), the file's sha256 checked against it, the tensors on the CPU.
+
+    A card that records no sha256 is refused (nothing says the file is the one it describes) unless
+    ``allow_unverified``; a recorded sha256 that does not match is always refused. A floating-point
+    tensor holding NaN or Inf is refused (it would score NaN): :func:`check_finite`."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -163,14 +176,53 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     card = read_card(weights_file)
     if not weights_file.is_file():
         raise FileNotFoundError(f"{weights_file}: weights file not found")
-    actual, recorded = sha256_file(weights_file), card["weights"]["sha256"]
-    if actual != recorded:
-        raise WeightsError(f"{weights_file}: sha256 {actual} does not match the card's {recorded}; "
-                           "the file is damaged or not the one the card describes")
+    recorded = card["weights"].get("sha256")
+    if recorded is None:
+        if not allow_unverified:
+            raise WeightsError(f"{card_path_of(weights_file)}: records no sha256 for {weights_file.name}, so the "
+                               f"weights cannot be verified; {UNVERIFIED_HINT}")
+        log.warning("%s: loading unverified weights (the card records no sha256)", weights_file)
+    else:
+        actual = sha256_file(weights_file)
+        if actual != recorded:
+            raise WeightsError(f"{weights_file}: sha256 {actual[:16]}... does not match the card's {recorded[:16]}...; "
+                               "the file is damaged or not the one the card describes")
     try:
-        return load_file(str(weights_file)), card
+        tensors = load_file(str(weights_file))
     except SafetensorError as e:
         raise WeightsError(f"{weights_file}: not a readable safetensors file ({e})") from None
+    check_finite(tensors, weights_file)
+    return tensors, card
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype.is_complex:
+        return "complex"
+    if dtype.is_floating_point:
+        return "floating-point"
+    return "bool" if dtype == torch.bool else "integer"
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse (:class:`WeightsError`, naming ``source`` and the tensor) a floating-point or complex
+    tensor holding NaN or Inf: such weights score NaN."""
+    for name, tensor in tensors.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise WeightsError(f"{source}: tensor {name!r} holds {bad} non-finite value(s) (NaN or Inf) of "
+                                   f"{tensor.numel()}; the weights are damaged")
+
+
+def check_dtypes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Refuse a tensor whose dtype kind (floating-point, complex, integer, bool) differs from the model's
+    tensor of that name (``expected``: its state dict); tensors of one name only in either are left to
+    the caller's missing/unknown check. An integer ``num_batches_tracked`` stays integer, so it passes."""
+    for name, tensor in tensors.items():
+        own = expected.get(name)
+        if own is not None and _kind(tensor.dtype) != _kind(own.dtype):
+            raise WeightsError(f"{source}: tensor {name!r} is {tensor.dtype} ({_kind(tensor.dtype)}), the model "
+                               f"expects {_kind(own.dtype)} ({own.dtype})")
 
 
 # --- cards written before the schema ---------------------------------------------------------------
@@ -179,7 +231,8 @@ def upgrade_legacy_card(raw: dict[str, Any], card_file: str | os.PathLike) -> di
     """A card of one of the four layouts pyica wrote before ``pyica.card/1`` (default-model heads,
     CM-SSA, ICNet, CLICv2 probe; plus the CLICv2 pretrained encoder), in the current schema.
 
-    Only moves fields: nothing is recomputed, and the recorded sha256 is the one checked."""
+    Only moves fields: nothing is recomputed, and the recorded sha256 is the one checked (a card that
+    records none upgrades with ``sha256: None``, which :func:`load_weights` refuses)."""
     card_file = Path(card_file)
     try:
         return _upgrade(dict(raw), card_file)
@@ -190,7 +243,7 @@ def upgrade_legacy_card(raw: dict[str, Any], card_file: str | os.PathLike) -> di
 def _upgrade(card: dict[str, Any], card_file: Path) -> dict[str, Any]:
     weights = {"file": card_file.with_suffix(".safetensors").name, **(card.pop("weights", None) or {})}
     if not weights.get("sha256"):
-        raise WeightsError(f"{card_file}: records no sha256 for {weights['file']}")
+        weights["sha256"] = None  # load_weights refuses it unless unverified weights are accepted
     fmt, method = card.pop("format", None), card.get("method")
     if fmt == "pyica.icnet/1":
         card.pop("method", None)

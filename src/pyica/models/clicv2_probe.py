@@ -304,21 +304,22 @@ def random_encoder(config: ViTConfig, seed: int = 0, arch: str | None = None) ->
     return encoder.eval(), {"source": "random init", "seed": seed, "arch": arch}
 
 
-def load_encoder(path: str | Path) -> tuple[ViT, dict]:
+def load_encoder(path: str | Path, *, allow_unverified: bool = False) -> tuple[ViT, dict]:
     """The query encoder `pyica pretrain` wrote. ``path`` is ``encoder.safetensors`` or its run folder;
     the card ``encoder.json`` beside it gives the config and the sha256 (checked by
     :func:`pyica.weights.load_weights`)."""
-    from ..weights import card_path_of, load_weights
+    from ..weights import card_path_of, check_dtypes, load_weights
     from .clicv2 import CLICv2Config
 
     path = Path(path)
     if path.is_dir():
         path = path / "encoder.safetensors"
-    state, card = load_weights(path)
+    state, card = load_weights(path, allow_unverified=allow_unverified)
     arch = card["architecture"]
     if arch.get("method") != "clicv2":
         raise ValueError(f"{card_path_of(path)}: not a CLICv2 encoder card (method {arch.get('method')!r})")
     encoder = ViT(CLICv2Config(**arch["arguments"]).encoder_config())
+    check_dtypes(state, encoder.state_dict(), path)
     encoder.load_state_dict(state)
     training = card.get("training") or {}
     info = {"source": "clicv2 pretraining", "file": str(path), "sha256": card["weights"]["sha256"],
@@ -356,13 +357,13 @@ def save_probe(model: CLICv2Probe, path: str | Path, card: dict | None = None) -
     return model.card
 
 
-def load_probe(path: str | Path) -> CLICv2Probe:
+def load_probe(path: str | Path, *, allow_unverified: bool = False) -> CLICv2Probe:
     """A probe written by :func:`save_probe`, through :func:`pyica.weights.load_weights` (sha256 checked),
     loaded strictly, in eval mode."""
-    from ..weights import card_path_of, load_weights
+    from ..weights import card_path_of, check_dtypes, load_weights
 
     path = Path(path)
-    state, card = load_weights(path)
+    state, card = load_weights(path, allow_unverified=allow_unverified)
     arch = card["architecture"]
     if arch["name"] != "clicv2_probe":
         raise ValueError(f"{card_path_of(path)}: not a CLICv2 probe card (architecture {arch['name']!r})")
@@ -370,6 +371,7 @@ def load_probe(path: str | Path) -> CLICv2Probe:
     head_cfg = dict(arch["arguments"]["head"])
     kind, in_dim = head_cfg.pop("kind"), head_cfg.pop("in_dim")
     model = CLICv2Probe(encoder, build_head(kind, in_dim, **head_cfg), arch.get("encoder"))
+    check_dtypes(state, model.state_dict(), path)
     model.load_state_dict(state, strict=True)  # a tensor too many or too few is an error
     model.card = card
     return model.eval()
@@ -380,11 +382,11 @@ def _register() -> None:
 
     name = "clicv2_probe.vit_tiny"
 
-    def build(weights: str | None = None) -> CLICv2Probe:
+    def build(weights: str | None = None, allow_unverified: bool = False) -> CLICv2Probe:
         if weights is None:
             raise ValueError(f"{name} has no shipped weights: pretrain and probe one (python -m benchmarks.clicv2_savoias "
                              "or pyica.training.probe) and pass the .safetensors with --weights")
-        model = load_probe(weights)
+        model = load_probe(weights, allow_unverified=allow_unverified)
         arch = (model.card["architecture"].get("encoder") or {}).get("arch")
         if arch not in (None, "vit_tiny"):
             raise ValueError(f"{weights}: a probe on a {arch} encoder, not {name}'s vit_tiny")

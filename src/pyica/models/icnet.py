@@ -376,7 +376,7 @@ def save_icnet(model: ICNetModel, path: str | Path, card: dict | None = None) ->
     return model.card
 
 
-def load_icnet(path: str | Path, config: ICNetConfig | None = None) -> ICNetModel:
+def load_icnet(path: str | Path, config: ICNetConfig | None = None, *, allow_unverified: bool = False) -> ICNetModel:
     """An ICNet from ``path``, in eval mode: our safetensors with its card beside it (through
     :func:`pyica.weights.load_weights`: sha256 checked), or an official checkpoint (``ck.pth``, read with
     ``torch.load(weights_only=True)``; names translated). Loading is strict: a tensor too many, too few
@@ -384,17 +384,18 @@ def load_icnet(path: str | Path, config: ICNetConfig | None = None) -> ICNetMode
 
     ``config`` applies to a checkpoint without a card only (default: the official :class:`ICNetConfig`);
     e.g. ``ICNetConfig(input_size=256)`` runs the official weights at 256 px (cheaper, not what they
-    were trained at). A card's config is always the one used."""
-    from ..weights import card_path_of, load_weights, sha256_file
+    were trained at). A card's config is always the one used; a card without a sha256 loads only with
+    ``allow_unverified``. Every tensor must be finite and of the model's dtype kind."""
+    from ..weights import card_path_of, check_dtypes, check_finite, load_weights, sha256_file
 
     path = Path(path)
     if path.suffix == ".safetensors" and card_path_of(path).is_file():
-        state, card = load_weights(path)
+        state, card = load_weights(path, allow_unverified=allow_unverified)
         if card["architecture"]["name"] != "icnet":
             raise ValueError(f"{card_path_of(path)}: not an ICNet card (architecture {card['architecture']['name']!r})")
         net = ICNet(ICNetConfig(**card["architecture"]["arguments"]))
     else:  # third-party weights (the official ck.pth): no card to check them against
-        state = read_state_dict(path)
+        state = read_state_dict(path)  # NaN/Inf refused there
         official = _is_official(state)
         if official:
             state = official_to_pyica(state)
@@ -408,6 +409,7 @@ def load_icnet(path: str | Path, config: ICNetConfig | None = None) -> ICNetMode
     if missing or unknown or wrong:
         raise ValueError(f"{path}: does not fit ICNet (missing {missing[:3]}, unknown {unknown[:3]}, "
                          f"wrong shape {wrong[:3]})")
+    check_dtypes(state, own, path)
     net.load_state_dict(state, strict=True)
     model = ICNetModel(net, card)
     model.card = {**card, **({} if "architecture" in card else model.describe())}
@@ -424,10 +426,11 @@ def _register() -> None:
                                                 "variant)"),
     }
     for name, (label, dataset, how) in presets.items():
-        def build(weights: str | None = None, _name=name, _dataset=dataset, _how=how) -> ICNetModel:
+        def build(weights: str | None = None, allow_unverified: bool = False, _name=name, _dataset=dataset,
+                  _how=how) -> ICNetModel:
             if weights is None:
                 raise ValueError(f"{_name} ships no weights: pass them with --weights ({_how})")
-            model = load_icnet(weights)
+            model = load_icnet(weights, allow_unverified=allow_unverified)
             trained_on = (model.card.get("training") or {}).get("dataset")
             if trained_on and trained_on != _dataset:
                 log.warning("%s: weights trained on %r, not %s", weights, trained_on, _dataset)

@@ -146,6 +146,10 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source}: not a state dict of tensors")
     state = dict(state)
+    if not isinstance(source, Mapping):
+        from ..weights import check_finite
+
+        check_finite(state, source)  # NaN or Inf weights score NaN: refused, naming the file and tensor
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
@@ -169,5 +173,8 @@ def load_resnet_weights(model: ResNet18, source: str | os.PathLike | Mapping[str
     wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
     if wrong:
         raise ValueError(f"tensor shapes do not match (width {model.width}; ImageNet weights need 64): {wrong[:3]}")
+    from ..weights import check_dtypes
+
+    check_dtypes(state, own, source if not isinstance(source, Mapping) else "state dict")
     model.load_state_dict({k: state[k] for k in own}, strict=True)
     return ignored

