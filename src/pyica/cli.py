@@ -387,7 +387,8 @@ def cmd_score(args) -> int:
                          identity=_score_identity(args), reads=_files_read(args.inputs), wait=args.wait)
     finished = False
     try:
-        model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}))
+        model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}),
+                             **({"allow_unverified": True} if args.allow_unverified_weights else {}))
         if writer.done and not args.quiet:
             log.info("resuming: %d inputs already in %s", len(writer.done), args.output)
         # Positions in the input stream: --shard I/N keeps p % N == I, then rank r of w keeps every w-th of
