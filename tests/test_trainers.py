@@ -71,7 +71,7 @@ def test_cli_reports_config_errors_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("pyica: error: ") and "c.json" in err[-1] and "Traceback" not in "\n".join(err)
     (tmp_path / "broken.json").write_text("{not json")
-    assert main(["train", str(tmp_path / "broken.json")]) == 1
+    assert main(["train", str(tmp_path / "broken.json")]) == 2
     assert "broken.json: not valid JSON" in capsys.readouterr().err
 
 

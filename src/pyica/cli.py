@@ -357,7 +357,7 @@ def cmd_score(args) -> int:
     import torch
 
     from .registry import create_model, model_info
-    from .inputs import check_inputs, expand_input, iter_image_paths
+    from .inputs import check_inputs, expand_input, is_archive, iter_image_paths
     from .runtime import torchrun_env
     from .scoring import rank_output_path, score_paths
     from .writers import ScoreWriter, text_safe
@@ -367,8 +367,9 @@ def cmd_score(args) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the output, or replace it")
     check_inputs(args.inputs)
-    if args.maps and any(p.lower().endswith(".tar") for item in args.inputs for p in expand_input(item)):
-        raise ValueError("--maps cannot read images inside .tar shards; extract them or score without --maps")
+    if args.maps and any(is_archive(p) for item in args.inputs for p in expand_input(item)):
+        raise ValueError("--maps cannot read images inside archives (.tar, .tar.gz, .tgz, .zip); extract them "
+                         "or score without --maps")
     rank, world, local_rank, local_world = torchrun_env()
     shard_i, shard_n = args.shard or (0, 1)
     if world > 1:

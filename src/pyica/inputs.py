@@ -58,7 +58,7 @@ from .loading import DEFAULT_MAX_PIXELS, ImageLoadError, image_extensions, load_
 from .runtime import default_num_workers
 
 __all__ = ["TarMember", "MemberBytes", "ZipMember", "UnreadableInput", "ShardIndex", "ShardReader", "OPEN_SHARDS",
-           "MAX_MEMBER_BYTES", "index_shard", "decode_image", "expand_braces", "expand_sources", "expand_input",
+           "MAX_MEMBER_BYTES", "index_shard", "is_archive", "decode_image", "expand_braces", "expand_sources", "expand_input",
            "check_inputs", "iter_image_paths", "iter_loaded", "iter_batches"]
 
 log = logging.getLogger(__name__)
@@ -353,6 +353,11 @@ def _archive_kind(path: str) -> str | None:
     if lower.endswith(".zip"):
         return "zip"
     return next((suffix for suffix in _COMPRESSED_TARS if lower.endswith(suffix)), None)
+
+
+def is_archive(path: str) -> bool:
+    """Whether ``path`` names an archive :func:`iter_image_paths` reads members of (.tar, .tar.gz, .tgz, .zip, ...)."""
+    return _archive_kind(path) is not None
 
 
 def _too_large(name: str, size: int) -> UnreadableInput:

@@ -278,11 +278,16 @@ def _default_workers(local_world: int) -> int:
 def _exclude_paths(manifest: str | None) -> set[str]:
     if not manifest:
         return set()
-    from ..inputs import iter_image_paths
+    from ..inputs import UnreadableInput, iter_image_paths
 
     if not Path(manifest).is_file():
         raise FileNotFoundError(f"{manifest}: exclude_manifest not found")
-    return set(iter_image_paths([manifest]))
+    paths = set()
+    for path in iter_image_paths([manifest]):
+        if isinstance(path, UnreadableInput):  # a partial exclusion would let test images into pretraining
+            raise ValueError(f"exclude_manifest {path}: {path.reason}")
+        paths.add(path)
+    return paths
 
 
 def _trim_log(path: Path, last_step: int) -> None:
