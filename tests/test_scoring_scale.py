@@ -110,7 +110,7 @@ def test_tar_shards_with_brace_pattern_score_like_the_files(tmp_path):
     for i, f in enumerate(files):
         assert by_key[keys[i]]["score"] == pytest.approx(by_key[f]["score"])  # same pixels, same score
     # tar member names are what --resume matches
-    assert main(["score", pattern, "-m", MODEL, "-o", str(out), "-q", "--workers", "0", "--resume"]) == 0
+    assert main(["score", pattern, "-m", MODEL, "-o", str(out), "-q", "--workers", "0", "--resume"]) == 1  # the output keeps its error row
     assert len(read_scores(out)) == len(rows)
     assert json.loads((tmp_path / "s.jsonl.meta.json").read_text())["skipped_already_done"] == 5
     assert main(["score", pattern, "-m", MODEL, "-o", str(tmp_path / "m.csv"), "--maps", str(tmp_path / "maps")]) == 2

@@ -88,9 +88,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "score",
-        help="score image files, folders (recursively), CSV manifests or .tar shards",
-        description="Scores every input image and writes one row per image: path, model, score, error. "
-                    "Unreadable files get an error row and the run continues. Inputs are streamed, so memory "
+        help="score image files, folders (recursively), CSV manifests or archives (.tar, .tar.gz, .zip)",
+        description="Scores every input image and writes one row per image: path (absolute), model, score, "
+                    "error. Unreadable files get an error row and the run continues; exit code 0 when every "
+                    "input was scored, 1 when some failed, 2 when nothing was (docs/troubleshooting.md). Inputs are streamed, so memory "
                     "does not grow with their number. With -o, rows are written to OUT.part while running, "
                     "renamed to OUT at the end, and a metadata sidecar OUT.meta.json records versions, "
                     "device, counts and speed. Under torchrun (WORLD_SIZE > 1) every rank scores its share "
@@ -99,9 +100,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     "scores.rank0of4.csv); no process group is used.",
     )
     p.add_argument("inputs", nargs="+",
-                   help="image files, folders, .csv manifests with an 'image'/'path' column, or uncompressed "
-                        "WebDataset-style .tar shards (members named SHARD.tar:MEMBER in the output); brace "
-                        "patterns such as 'shards/x-{000..009}.tar' are expanded")
+                   help="image files, folders, .csv manifests with an 'image'/'path' column, or archives: "
+                        "WebDataset-style .tar shards, .tar.gz/.tgz, .zip (members named ARCHIVE:MEMBER in the "
+                        "output); brace patterns such as 'shards/x-{000..009}.tar' are expanded")
     _add_model_args(p)
     p.add_argument("-o", "--output", help="output file (.csv or .jsonl); default: CSV to stdout")
     p.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from the extension, else csv)")
@@ -514,7 +515,10 @@ def cmd_score(args) -> int:
         return EXIT_FAILED
     if n_scored == 0 and skipped == 0:
         return EXIT_FAILED
-    return EXIT_SOME_FAILED if n_errors else EXIT_OK
+    if writer.done_errors and not n_errors:  # the exit code speaks for the whole output, not only this run
+        print(f"pyica: {writer.done_errors} error rows from earlier runs stay in {args.output} (not retried)",
+              file=sys.stderr)
+    return EXIT_SOME_FAILED if n_errors or writer.done_errors else EXIT_OK
 
 
 def cmd_eval(args) -> int:

@@ -190,14 +190,16 @@ class OutputRefused(ValueError):
     """
 
 
-def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[str], bool]:
-    """Cut ``part`` after its last complete row; return the paths of its rows and whether it has a header.
+def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[str], bool, int]:
+    """Cut ``part`` after its last complete row; return the paths of its rows, whether it has a header
+    and how many of its rows are error rows.
 
     One streaming pass: nothing but the set of paths is kept. With ``model``, a row of another model
     is refused (the file was written by another job).
     """
     drop_torn_tail(part)
     done: set[str] = set()
+    errors = 0
 
     def check_model(found) -> None:
         if model is not None and found not in (None, "", model):
@@ -207,8 +209,9 @@ def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[
     if fmt == "jsonl":
         for row in iter_scores(part, fmt):
             done.add(str(row["path"]))
+            errors += bool(row.get("error"))
             check_model(row.get("model"))
-        return done, False
+        return done, False, errors
     consumed = [0]
     with open(part, "rb") as f:
         records = _csv_records(f, consumed)
@@ -216,15 +219,17 @@ def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[
         if header is not None and header[:1] != ["path"]:
             raise OutputRefused(f"{part}: not a pyica score file (first row {header!r}, expected {list(SCORE_COLUMNS)})")
         model_column = header.index("model") if header and "model" in header else None
+        error_column = header.index("error") if header and "error" in header else None
         for record in records:
             if record:
                 done.add(record[0])
+                errors += error_column is not None and len(record) > error_column and bool(record[error_column])
                 if model_column is not None and len(record) > model_column:
                     check_model(record[model_column])
     if part.stat().st_size > consumed[0]:
         with open(part, "rb+") as f:
             f.truncate(consumed[0])
-    return done, header is not None
+    return done, header is not None, errors
 
 
 def _sniff_format(path: Path) -> str | None:
@@ -280,6 +285,7 @@ class OutputFile:
         self.part = self.path.with_name(self.path.name + ".part")
         self.meta_path = self.path.with_name(self.path.name + ".meta.json")
         self.done: set[str] = set()
+        self.done_errors = 0  # error rows among them
         self.has_header = False
         self.rows_written = 0
         self._lock = None
@@ -352,7 +358,7 @@ class OutputFile:
             if not self.part.exists():  # continue a finished file on a copy: OUT is replaced only at the end
                 self._created.append(self.part)
                 shutil.copyfile(self.path, self.part)
-            self.done, self.has_header = _complete_rows(self.part, self.fmt, self.identity.get("model"))
+            self.done, self.has_header, self.done_errors = _complete_rows(self.part, self.fmt, self.identity.get("model"))
         else:
             # a fresh start; with --overwrite, OUT is replaced only when this run finishes
             if not self.part.exists():
@@ -445,13 +451,14 @@ class ScoreWriter:
         self._needs_header = True
         self.output: OutputFile | None = None
         self.done: set[str] = set()
+        self.done_errors = 0
         if self.path is None:
             self._stream = sys.stdout
             return
         identity = dict(identity or {})
         self.output = OutputFile(self.path, self.fmt, identity=identity, resume=resume, overwrite=overwrite,
                                  reads=reads, wait=wait, model=identity.get("model"))
-        self.done = self.output.done
+        self.done, self.done_errors = self.output.done, self.output.done_errors
         self._needs_header = not self.output.has_header
 
     def write(self, records: Iterable) -> None:
