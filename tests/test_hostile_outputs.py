@@ -64,7 +64,8 @@ def test_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, capsys
     before = {p: p.read_bytes() for p in [manifest, *images]}
     target = manifest if which == "manifest" else images[0]
     inputs = [str(manifest)] if which == "manifest" else [str(p) for p in images]
-    assert main(["score", *inputs, "-o", str(target), *FAST, "--overwrite"]) == 2
+    # --format, so that the .png extension is not what refuses it
+    assert main(["score", *inputs, "-o", str(target), *FAST, "--overwrite", "--format", "csv"]) == 2
     err = capsys.readouterr().err
     _no_traceback(err)
     assert "also an input" in err

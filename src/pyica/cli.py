@@ -105,7 +105,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "output); brace patterns such as 'shards/x-{000..009}.tar' are expanded")
     _add_model_args(p)
     p.add_argument("-o", "--output", help="output file (.csv or .jsonl); default: CSV to stdout")
-    p.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from the extension, else csv)")
+    p.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"),
+                   help="output format (default: from the extension: .csv, .tsv, .jsonl/.ndjson, .parquet; "
+                        "CSV for stdout; an unknown extension is refused)")
     p.add_argument("--resume", action="store_true",
                    help="continue an earlier run into the same output, skipping inputs it already has (refused "
                         "if that run used another model, weights, precision or format)")
@@ -212,6 +214,31 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="only check that files exist; do not decode them")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "merge",
+        help="join the score files of a --shard or torchrun run into one",
+        description="Merges score files (the OUT.rank{r}of{w} files of torchrun, or the outputs of --shard I/N "
+                    "runs) into one output. When every part's sidecar records its shard and rank, rows come out "
+                    "in the original input order; otherwise part after part. Refused: parts of different models, "
+                    "weights or precision, unfinished parts, and parts that share an image (overlapping runs). "
+                    "The output follows the usual rules (an existing file needs --overwrite; atomic finish).",
+    )
+    p.add_argument("parts", nargs="+", help="score files to merge (CSV, TSV, JSONL or Parquet), e.g. "
+                                            "scores.rank*of8.csv")
+    p.add_argument("-o", "--output", required=True, help="merged score file (format from the extension)")
+    p.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"), help="output format (default: from -o)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output when the merge finishes")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("summary", help="what a score file holds: counts, mean, quantiles, most and least complex",
+                       description="Prints rows, scored and error counts, mean, std, min, 5/25/50/75/95% quantiles and "
+                                   "max of the scores, and the k highest and lowest scored images.")
+    p.add_argument("scores", help="score file written by `pyica score` (CSV, TSV, JSONL or Parquet)")
+    p.add_argument("-k", "--top", type=_count(0), default=5, help="how many most and least complex images to list "
+                                                                  "(default: 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(
         "caption",
@@ -358,7 +385,7 @@ def cmd_score(args) -> int:
     import torch
 
     from .registry import create_model, model_info
-    from .inputs import check_inputs, expand_input, is_archive, iter_image_paths
+    from .inputs import check_inputs, count_inputs, expand_input, is_archive, iter_image_paths
     from .runtime import torchrun_env
     from .scoring import rank_output_path, score_paths
     from .writers import ScoreWriter, text_safe
@@ -415,6 +442,11 @@ def cmd_score(args) -> int:
                     yield path
 
         paths = todo()
+        total = None
+        if not args.quiet:  # a first pass over names only, so that the progress bar has a total and an ETA
+            listed = count_inputs(args.inputs, recursive=args.recursive)
+            if listed is not None:
+                total = max(0, len(range(shard_i + shard_n * rank, listed, shard_n * world)) - len(writer.done))
         n_scored = n_errors = 0
         maps_written, map_errors, map_failures, map_seconds = 0, 0, [], 0.0
         if args.maps:
@@ -451,7 +483,7 @@ def cmd_score(args) -> int:
         first_error = None
         for record in score_paths(paths, model, batch_size=args.batch_size, num_workers=args.workers,
                                   precision=args.precision, max_pixels=args.max_pixels,
-                                  progress=not args.quiet, model_name=args.model):
+                                  progress=not args.quiet, model_name=args.model, total=total):
             batch.append(record)
             if record.error:
                 n_errors += 1
@@ -556,6 +588,26 @@ def cmd_eval(args) -> int:
         evaluation.plot(plot_data, args.plot, title=f"{args.model if not args.pred else Path(args.pred).name}", fit=fit)
         print(f"pyica: scatter plot -> {args.plot}", file=sys.stderr)
     return 0
+
+
+def cmd_merge(args) -> int:
+    from .inputs import expand_input
+    from .score_files import merge_score_files
+
+    parts = [p for item in args.parts for p in expand_input(item)]
+    summary = merge_score_files(parts, args.output, fmt=args.format, overwrite=args.overwrite)
+    order = "in input order" if summary["input_order"] else "part after part (no sidecars recording the shards)"
+    print(f"pyica: merged {summary['rows']} rows ({summary['errors']} errors) from {len(parts)} files, {order} "
+          f"-> {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_summary(args) -> int:
+    from .score_files import format_summary, summarize_scores
+
+    summary = summarize_scores(args.scores, top=args.top)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return EXIT_OK if summary["scored"] else EXIT_FAILED
 
 
 def _main_rank() -> bool:

@@ -43,12 +43,13 @@ import lzma
 import os
 import re
 import tarfile
+import sys
 import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -59,7 +60,7 @@ from .runtime import default_num_workers
 
 __all__ = ["TarMember", "MemberBytes", "ZipMember", "UnreadableInput", "ShardIndex", "ShardReader", "OPEN_SHARDS",
            "MAX_MEMBER_BYTES", "index_shard", "is_archive", "decode_image", "expand_braces", "expand_sources", "expand_input",
-           "check_inputs", "iter_image_paths", "iter_loaded", "iter_batches"]
+           "check_inputs", "iter_image_paths", "iter_loaded", "iter_batches", "count_inputs", "STDIN"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,9 @@ OPEN_SHARDS = 4
 #: Largest archive member read into memory (its declared size): a bigger one is an error row, so that
 #: a member of zeros that compresses to almost nothing cannot exhaust memory.
 MAX_MEMBER_BYTES = 1 << 30
+
+#: The input that means "paths on standard input, one per line".
+STDIN = "-"
 
 # Manifest columns that may hold the image path, in order of preference.
 _PATH_COLUMNS = ("image", "path", "file", "filename", "name")
@@ -509,6 +513,26 @@ def _manifest_paths(csv_path: str) -> Iterator[str]:
         yield UnreadableInput(csv_path, f"cannot read manifest ({err.strerror or err})")
 
 
+def _listed_paths(stream: BinaryIO, folder: str, source: str) -> Iterator[str]:
+    """Paths of a plain list, one per line (bytes, decoded as file names are, so any name works);
+    blank lines and ``#`` comments skipped; relative paths resolved against ``folder``."""
+    for line in stream:
+        value = os.fsdecode(line.rstrip(b"\r\n")).strip()
+        if not value or value.startswith("#"):
+            continue
+        path = os.path.abspath(os.path.join(folder, value))
+        yield UnreadableInput(path, f"path listed in {source} holds a NUL character") if "\0" in value else path
+
+
+def _path_list(list_path: str) -> Iterator[str]:
+    """The paths listed in the ``.txt`` file ``list_path`` (see :func:`_listed_paths`)."""
+    try:
+        with open(list_path, "rb") as f:
+            yield from _listed_paths(f, os.path.dirname(list_path), list_path)
+    except OSError as err:
+        yield UnreadableInput(list_path, f"cannot read path list ({err.strerror or err})")
+
+
 def check_inputs(inputs: Iterable[str | os.PathLike]) -> None:
     """Fail early, before any scoring, on what :func:`iter_image_paths` would stop at midway: a glob that
     matches nothing, a CSV manifest without a path column (only the arguments and manifest headers are
@@ -547,6 +571,9 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike], recursive: bool = True
       (a symbolic link cycle is logged and skipped), however deep the tree;
     * a ``.csv`` file: the paths in its image column (``image``/``path``/``file``/...), resolved
       against the manifest's folder;
+    * a ``.txt`` file: one path per line (blank lines and ``#`` comments skipped), resolved against the
+      list's folder; ``-``: the same from standard input, resolved against the working folder
+      (``find photos -name '*.jpg' | pyica score -``);
     * a ``.tar`` file (WebDataset-style shard, uncompressed): its members with an image extension,
       in tar order, each as a :class:`TarMember` named ``/abs/SHARD.tar:MEMBER``, read later by seek;
     * a compressed tar (``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tbz2``, ``.tar.xz``, ``.txz``): the same,
@@ -564,6 +591,9 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike], recursive: bool = True
     """
     extensions = image_extensions()
     for raw in inputs:
+        if os.fsdecode(raw) == STDIN:
+            yield from _listed_paths(sys.stdin.buffer, os.getcwd(), "standard input")
+            continue
         for item in expand_input(os.fsdecode(raw)):
             path = os.path.abspath(item)
             problem = _link_problem(path)
@@ -574,6 +604,8 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike], recursive: bool = True
                 yield from _walk_folder(path, extensions, recursive)
             elif path.lower().endswith(".csv") and os.path.isfile(path):
                 yield from _manifest_paths(path)
+            elif path.lower().endswith(".txt") and os.path.isfile(path):
+                yield from _path_list(path)
             elif kind and os.path.isfile(path):
                 if kind == "tar":
                     yield from _tar_members(path, extensions)
@@ -583,6 +615,25 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike], recursive: bool = True
                     yield from _compressed_tar_members(path, kind, extensions)
             else:
                 yield path  # a missing archive is reported by loading, like any other missing file
+
+
+def count_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) -> int | None:
+    """How many paths :func:`iter_image_paths` will yield, for a progress bar's total; ``None`` when
+    that cannot be known without reading data twice (standard input, compressed tars).
+
+    A first pass over names only: folders are listed, manifests and lists read, tar headers and zip
+    directories indexed; no image is opened.
+    """
+    total = 0
+    for raw in inputs:
+        if os.fsdecode(raw) == STDIN:
+            return None
+        for item in expand_input(os.fsdecode(raw)):
+            kind = _archive_kind(item)
+            if kind not in (None, "tar", "zip") and os.path.isfile(item):
+                return None  # a compressed tar would have to be decompressed to count its members
+            total += sum(1 for _ in iter_image_paths([item], recursive=recursive))
+    return total
 
 
 def _list_folder(folder: str) -> list[os.DirEntry] | UnreadableInput:

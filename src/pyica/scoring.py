@@ -54,11 +54,12 @@ def score_paths(
     max_pixels: int | None = None,
     progress: bool = False,
     model_name: str | None = None,
+    total: int | None = None,
 ) -> Iterator[ScoreRecord]:
     """Score ``paths`` with ``model`` (a :class:`~pyica.models.base.ComplexityModel`), yielding records in order.
 
     ``paths`` may be a sequence or any iterable (a generator is consumed lazily, so memory does not
-    grow with its length); the progress bar has a total only when ``paths`` has a length.
+    grow with its length); the progress bar's total is ``total``, else ``len(paths)`` when it has one.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -72,7 +73,9 @@ def score_paths(
         if dtype is not None and device.type in ("cuda", "cpu")
         else contextlib.nullcontext()
     )
-    bar = progress_bar(len(paths) if hasattr(paths, "__len__") else None, progress)
+    if total is None and hasattr(paths, "__len__"):
+        total = len(paths)
+    bar = progress_bar(total, progress)
     try:
         for indices, keys, batch, errors in batches:
             records: dict[int, ScoreRecord] = {i: ScoreRecord(path, name, None, err) for i, path, err in errors}

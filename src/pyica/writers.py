@@ -34,23 +34,41 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["ScoreWriter", "OutputFile", "OutputRefused", "read_scores", "iter_scores", "write_json_atomic",
+__all__ = ["ScoreWriter", "OutputFile", "OutputRefused", "read_scores", "iter_scores", "write_parquet", "write_json_atomic",
            "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS", "drop_torn_tail",
            "text_safe"]
 
-FORMATS = ("csv", "jsonl")
+FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SCORE_COLUMNS = ("path", "model", "score", "error")
+#: File extensions of each format (``-o`` picks the format from them).
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".parquet": "parquet", ".pq": "parquet"}
+#: The rows of a running job (``OUT.part``) are appended as text: Parquet files are written whole at
+#: the end, from JSONL rows.
+PART_FORMAT = {"csv": "csv", "tsv": "tsv", "jsonl": "jsonl", "parquet": "jsonl"}
+_DELIMITER = {"csv": ",", "tsv": "\t"}
 
 
 def infer_format(path: str | os.PathLike | None, explicit: str | None = None) -> str:
-    """The output format: ``explicit`` if given, else from the extension (``.jsonl``/``.ndjson``), else CSV."""
+    """The output format: ``explicit`` if given, else from the extension (:data:`EXTENSIONS`); CSV for
+    stdout, a name without extension, a FIFO or a device. An unknown extension is refused, so that
+    ``-o x.xlsx`` never silently writes CSV."""
     if explicit:
         if explicit not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {explicit!r}")
         return explicit
-    if path is not None and Path(path).suffix.lower() in (".jsonl", ".ndjson"):
-        return "jsonl"
-    return "csv"
+    if path is None:
+        return "csv"
+    name = Path(path)
+    if name.suffix.lower() == ".part":  # a running job's rows: the format of the file it becomes
+        return PART_FORMAT[infer_format(name.with_suffix(""))]
+    suffix = name.suffix.lower()
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    if not suffix or _file_kind(name) == "stream":
+        return "csv"
+    raise ValueError(f"{path}: unknown output format {suffix!r}; use one of "
+                     f"{', '.join(sorted(EXTENSIONS))}, or name the format with --format")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -125,7 +143,7 @@ def drop_torn_tail(path: Path) -> None:
             f.truncate(0)  # not one whole line
 
 
-def _csv_records(f, consumed: list[int]) -> Iterator[list[str]]:
+def _csv_records(f, consumed: list[int], delimiter: str = ",") -> Iterator[list[str]]:
     """CSV records of the binary file ``f``; ``consumed[0]`` is the byte length of the records read so far.
 
     Stops before a last line with no newline, and before a last record torn inside a quoted field
@@ -140,7 +158,7 @@ def _csv_records(f, consumed: list[int]) -> Iterator[list[str]]:
             position[0] += len(raw)
             yield raw.decode("utf-8")
 
-    reader = csv.reader(lines(), strict=True)
+    reader = csv.reader(lines(), strict=True, delimiter=delimiter)
     while True:
         try:
             record = next(reader)
@@ -153,12 +171,15 @@ def _csv_records(f, consumed: list[int]) -> Iterator[list[str]]:
 
 
 def iter_scores(path: str | os.PathLike, fmt: str | None = None) -> Iterator[dict[str, Any]]:
-    """Rows of a score file (CSV or JSONL), streamed, as dicts with ``score`` as float or ``None``.
+    """Rows of a score file (CSV, TSV, JSONL or Parquet), streamed, as dicts with ``score`` as float or ``None``.
 
-    A JSONL line with no newline (torn) is left out; CSV is read as any CSV file.
+    A JSONL line with no newline (torn) is left out; CSV and TSV are read as any such file.
     """
     path = Path(path)
-    fmt = infer_format(path.with_suffix("") if path.suffix == ".part" else path, fmt)
+    fmt = infer_format(path, fmt)
+    if fmt == "parquet":
+        yield from _parquet_rows(path)
+        return
     with open(path, newline="", encoding="utf-8") as f:
         if fmt == "jsonl":
             for line_no, line in enumerate(f, 1):
@@ -170,11 +191,56 @@ def iter_scores(path: str | os.PathLike, fmt: str | None = None) -> Iterator[dic
                     except json.JSONDecodeError as err:
                         raise ValueError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
         else:
-            for row in csv.DictReader(f):
+            for row in csv.DictReader(f, delimiter=_DELIMITER[fmt]):
                 score = row.get("score")
-                row["score"] = float(score) if score not in (None, "") else None
+                try:
+                    row["score"] = float(score) if score not in (None, "") else None
+                except ValueError:
+                    raise ValueError(f"{path}: score {score!r} of {row.get('path')!r} is not a number") from None
                 row["error"] = row.get("error") or None
                 yield row
+
+
+def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
+    pq = _pyarrow_parquet()
+    try:
+        table = pq.ParquetFile(path)
+        for batch in table.iter_batches():
+            yield from batch.to_pylist()
+    except Exception as err:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+        if isinstance(err, ImportError):
+            raise
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def _pyarrow_parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("Parquet needs pyarrow: pip install 'pyica[parquet]'") from None
+    return pq
+
+
+def write_parquet(path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Iterable[str] = SCORE_COLUMNS) -> None:
+    """Write ``rows`` (dicts) as one Parquet file, atomically. ``score`` is float64, the rest strings."""
+    pq = _pyarrow_parquet()
+    import pyarrow as pa
+
+    columns = list(columns)
+    types = {"score": pa.float64()}
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
+
+    def write(temp: str) -> None:
+        with pq.ParquetWriter(temp, schema) as writer:
+            chunk: list[dict[str, Any]] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) >= 65536:
+                    writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                    chunk = []
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))  # (a file with no rows keeps its schema)
+
+    replace_atomically(path, write, suffix=".parquet")
 
 
 def read_scores(path: str | os.PathLike, fmt: str | None = None) -> list[dict[str, Any]]:
@@ -214,7 +280,7 @@ def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[
         return done, False, errors
     consumed = [0]
     with open(part, "rb") as f:
-        records = _csv_records(f, consumed)
+        records = _csv_records(f, consumed, _DELIMITER[fmt])
         header = next(records, None)
         if header is not None and header[:1] != ["path"]:
             raise OutputRefused(f"{part}: not a pyica score file (first row {header!r}, expected {list(SCORE_COLUMNS)})")
@@ -233,13 +299,19 @@ def _complete_rows(part: Path, fmt: str, model: str | None = None) -> tuple[set[
 
 
 def _sniff_format(path: Path) -> str | None:
-    """``"csv"`` or ``"jsonl"`` from a score file's first line; ``None`` when empty; refused when neither."""
+    """The format of a score file from its first bytes (``csv``, ``tsv``, ``jsonl``, ``parquet``);
+    ``None`` when empty; refused when it is none of them."""
     with open(path, "rb") as f:
-        first = f.readline(65536).lstrip(b"\xef\xbb\xbf").strip()
+        first = f.readline(65536)
+    if first.startswith(b"PAR1"):
+        return "parquet"
+    first = first.lstrip(b"\xef\xbb\xbf").strip()
     if not first:
         return None
     if first.startswith(b"{"):
         return "jsonl"
+    if first.split(b"\t")[0] == b"path" and b"\t" in first:
+        return "tsv"
     if first.split(b",")[0].strip(b'"') == b"path":
         return "csv"
     raise OutputRefused(f"{path}: not a pyica output file (first line {first[:60]!r}): refusing to resume or append to it")
@@ -281,6 +353,7 @@ class OutputFile:
                  wait: bool = False, model: str | None = None):
         self.path = Path(path)
         self.fmt = fmt
+        self.part_fmt = PART_FORMAT.get(fmt, fmt)  # the rows of OUT.part (JSONL while a Parquet job runs)
         self.identity = dict(identity or {}, format=fmt)
         self.part = self.path.with_name(self.path.name + ".part")
         self.meta_path = self.path.with_name(self.path.name + ".meta.json")
@@ -302,6 +375,8 @@ class OutputFile:
         if self.streaming:  # a FIFO or device: written straight into; there is nothing to rename or resume
             if resume:
                 raise OutputRefused(f"{self.path} is a FIFO or device: it cannot be resumed")
+            if fmt == "parquet":
+                raise OutputRefused(f"{self.path} is a FIFO or device: Parquet is written whole, to a file")
             self.stream = open(self.path, "w", encoding="utf-8", newline="")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -350,15 +425,20 @@ class OutputFile:
             raise OutputRefused(f"{self.meta_path} exists and is not a pyica sidecar: refusing to replace it")
         if resume and existing:
             self._check_identity()
-            source = self.part if self.part.exists() else self.path
+            source, expected = (self.part, self.part_fmt) if self.part.exists() else (self.path, self.fmt)
             sniffed = _sniff_format(source)
-            if sniffed is not None and sniffed != self.fmt:
-                raise OutputRefused(f"{source} holds {sniffed.upper()} rows but this run writes {self.fmt.upper()}: "
+            if sniffed is not None and sniffed != expected:
+                raise OutputRefused(f"{source} holds {sniffed.upper()} rows but this run writes {expected.upper()}: "
                                     "resume with the same format, or choose another output")
             if not self.part.exists():  # continue a finished file on a copy: OUT is replaced only at the end
                 self._created.append(self.part)
-                shutil.copyfile(self.path, self.part)
-            self.done, self.has_header, self.done_errors = _complete_rows(self.part, self.fmt, self.identity.get("model"))
+                if self.fmt == "parquet":
+                    rows = iter_scores(self.path, "parquet")
+                    write_text_atomic(self.part, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+                else:
+                    shutil.copyfile(self.path, self.part)
+            self.done, self.has_header, self.done_errors = _complete_rows(self.part, self.part_fmt,
+                                                                          self.identity.get("model"))
         else:
             # a fresh start; with --overwrite, OUT is replaced only when this run finishes
             if not self.part.exists():
@@ -406,17 +486,22 @@ class OutputFile:
                 return
             os.fsync(self.stream.fileno())
             self.stream.close()
-            os.replace(self.part, self.path)
+            if self.fmt == "parquet":  # written whole from the part's JSONL rows, then the part goes
+                write_parquet(self.path, iter_scores(self.part, "jsonl"))
+                self.part.unlink()
+            else:
+                os.replace(self.part, self.path)
             self.write_meta({"status": "finished", **(meta or {})})
         finally:
             self._release()
 
-    def abort(self) -> None:
-        """Close after a failure: ``OUT.part`` stays for ``--resume``, unless this run made it and wrote nothing."""
+    def abort(self, discard: bool = False) -> None:
+        """Close after a failure: ``OUT.part`` stays for ``--resume``, unless this run made it and wrote
+        nothing, or ``discard`` (the rows are derived data not worth resuming): then what this run made goes."""
         try:
             with contextlib.suppress(OSError, ValueError):
                 self.stream.close()
-            if not self.streaming and self.rows_written == 0:
+            if not self.streaming and (discard or self.rows_written == 0):
                 self._remove_created()
         finally:
             self._release()
@@ -447,6 +532,9 @@ class ScoreWriter:
                  reads: Iterable[str | os.PathLike] = (), wait: bool = False):
         self.path = Path(path) if path is not None else None
         self.fmt = infer_format(self.path, fmt)
+        if self.path is None and self.fmt == "parquet":
+            raise ValueError("Parquet is written to a file: give -o NAME.parquet")
+        self.rows_format = PART_FORMAT[self.fmt]  # what write() produces: JSONL rows for a Parquet output
         self.rows_written = 0
         self._needs_header = True
         self.output: OutputFile | None = None
@@ -465,9 +553,10 @@ class ScoreWriter:
         """Append records and flush, so that a crash loses at most the batch being written."""
         buffer = io.StringIO()
         count = 0
-        if self.fmt == "csv":
-            plain = csv.writer(buffer, lineterminator="\n")
-            quoted = csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        if self.rows_format in ("csv", "tsv"):
+            delimiter = _DELIMITER[self.rows_format]
+            plain = csv.writer(buffer, lineterminator="\n", delimiter=delimiter)
+            quoted = csv.writer(buffer, lineterminator="\n", delimiter=delimiter, quoting=csv.QUOTE_ALL)
             if self._needs_header:
                 plain.writerow(SCORE_COLUMNS)
                 self._needs_header = False
@@ -490,11 +579,12 @@ class ScoreWriter:
         else:
             self.output.write(buffer.getvalue(), count)
 
-    def close(self, finished: bool = True, meta: dict[str, Any] | None = None) -> None:
-        """Close; when ``finished``, atomically rename ``OUT.part`` to ``OUT`` (``meta`` goes to the sidecar)."""
+    def close(self, finished: bool = True, meta: dict[str, Any] | None = None, discard: bool = False) -> None:
+        """Close; when ``finished``, atomically rename ``OUT.part`` to ``OUT`` (``meta`` goes to the sidecar);
+        else keep ``OUT.part`` for ``--resume`` (``discard``: remove what this run created)."""
         if self.output is None:
             self._stream.flush()
         elif finished:
             self.output.finish(meta)
         else:
-            self.output.abort()
+            self.output.abort(discard=discard)
