@@ -1,6 +1,7 @@
 """Complexity maps: patch grid, patch scoring, overlay, atomic writing and `pyica score --maps`."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -9,11 +10,16 @@ from PIL import Image
 from pyica.cli import main
 from pyica.maps import (
     MIN_PATCH,
+    PNG_MARKER,
+    colormap,
     complexity_map,
+    fixed_range,
     inputs_root,
     map_paths,
+    map_stem,
     overlay,
     patch_grid,
+    render_map,
     upsample_map,
     write_map,
 )
@@ -107,28 +113,130 @@ def test_skimage_photo_map():
     assert grid.shape == (2, 2) and np.isfinite(grid).all() and grid.max() > grid.min()
 
 
+def _touch_images(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.new("RGB", (8, 8)).save(folder / name, format="PNG")  # the content does not matter here
+    return [folder / n for n in names]
+
+
 def test_map_paths_mirror_and_unique(tmp_path):
     root = tmp_path / "in"
-    a, b = map_paths("out", root / "a" / "x.jpg", root), map_paths("out", root / "b" / "x.jpg", root)
-    assert a[0].as_posix() == "out/a/x.jpg.map.png" and a[1].as_posix() == "out/a/x.jpg.map.npy"
-    assert b[0].as_posix() == "out/b/x.jpg.map.png"
-    assert map_paths("out", root / "x.png", root)[0] != map_paths("out", root / "x.jpg", root)[0]
+    ax, = _touch_images(root / "a", "x.jpg")
+    bx, = _touch_images(root / "b", "x.jpg")
+    (root / "a" / "x.txt").write_text("notes")  # not an image: no clash
+    a, b = map_paths("out", ax, root), map_paths("out", bx, root)
+    assert a[0].as_posix() == "out/a/x.map.png" and a[1].as_posix() == "out/a/x.map.npy"
+    assert b[0].as_posix() == "out/b/x.map.png"
+    # images of one folder that differ only by extension (or by case) keep their whole names
+    clash = _touch_images(root / "c", "x.jpg", "x.png", "x.jpg.png", "Y.JPG", "y.png", "z.png")
+    names = [map_paths("out", p, root)[0].name for p in clash]
+    assert names == ["x.jpg.map.png", "x.png.map.png", "x.jpg.png.map.png", "Y.JPG.map.png", "y.png.map.png",
+                     "z.map.png"]
+    assert len(set(names)) == len(names)
+    assert map_stem(root / "c" / "x.jpg") == "x.jpg" and map_stem(ax) == "x"
     # outside the root (or no root): flat, with a hash of the absolute path
-    c, d = map_paths("out", tmp_path / "c" / "x.jpg"), map_paths("out", tmp_path / "d" / "x.jpg", root)
-    assert c[0].parent.as_posix() == "out" and c[0].name.startswith("x.jpg.") and c[0].name.endswith(".map.png")
+    cx, = _touch_images(tmp_path / "c", "x.jpg")
+    dx, = _touch_images(tmp_path / "d", "x.jpg")
+    c, d = map_paths("out", cx), map_paths("out", dx, root)
+    assert c[0].parent.as_posix() == "out" and re.fullmatch(r"x\.[0-9a-f]{8}\.map\.png", c[0].name)
     assert c[0] != d[0]
     assert inputs_root([root / "a", root / "b"]) == str(root)
     assert inputs_root([str(root / "a" / "x.jpg")]) == str(root / "a")
 
 
+def test_map_names_of_a_real_folder_never_collide(tmp_path):
+    """Every image of a folder with clashing stems, dotted names and sub-folders gets its own pair of files."""
+    root = tmp_path / "in"
+    files = _touch_images(root, "a.jpg", "a.png", "a.jpeg", "b.png", "b.png.png", "c.d.png", "c.png", "C.tif")
+    files += _touch_images(root / "s", "a.jpg", "a.map.png")
+    targets = [t for f in files for t in map_paths(tmp_path / "maps", f, root)]
+    assert len(set(targets)) == len(targets) == 2 * len(files)
+    assert all(t.resolve().is_relative_to((tmp_path / "maps").resolve()) for t in targets)
+
+
 def test_write_map_is_atomic_and_roundtrips(tmp_path):
     image = _half_noise(64, 48)
     grid = np.random.default_rng(1).random((3, 4)).astype(np.float32)
-    png, npy = write_map(tmp_path / "maps", tmp_path / "in" / "s" / "p.png", grid, overlay(image, grid), tmp_path / "in")
-    assert png == tmp_path / "maps" / "s" / "p.png.map.png"
+    src, = _touch_images(tmp_path / "in" / "s", "p.png")
+    png, npy = write_map(tmp_path / "maps", src, grid, render_map(image, grid, score=0.5), tmp_path / "in")
+    assert png == tmp_path / "maps" / "s" / "p.map.png"
     assert np.array_equal(np.load(npy), grid)
-    assert Image.open(png).size == image.size
-    assert sorted(p.name for p in png.parent.iterdir()) == ["p.png.map.npy", "p.png.map.png"]  # no temp files left
+    with Image.open(png) as written:
+        assert written.height >= image.height and written.width > image.width and PNG_MARKER in written.text
+    assert sorted(p.name for p in png.parent.iterdir()) == ["p.map.npy", "p.map.png"]  # no temp files left
+    # a map pyica wrote is replaced by a rerun
+    write_map(tmp_path / "maps", src, grid * 0, render_map(image, grid * 0), tmp_path / "in")
+    assert not np.load(npy).any()
+
+
+def test_write_map_refuses_files_pyica_did_not_write(tmp_path):
+    image, grid = _half_noise(32, 32), np.zeros((2, 2), dtype=np.float32)
+    src, = _touch_images(tmp_path / "in", "p.png")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    theirs = maps / "p.map.png"
+    Image.new("RGB", (5, 5), (1, 2, 3)).save(theirs)  # the user's own PNG under a map's name
+    before = theirs.read_bytes()
+    with pytest.raises(FileExistsError, match="not a map pyica wrote"):
+        write_map(maps, src, grid, render_map(image, grid), tmp_path / "in")
+    assert theirs.read_bytes() == before and not (maps / "p.map.npy").exists()
+    theirs.unlink()
+    (maps / "p.map.npy").write_bytes(b"my notes")  # not a float32 grid
+    with pytest.raises(FileExistsError):
+        write_map(maps, src, grid, render_map(image, grid), tmp_path / "in")
+    assert (maps / "p.map.npy").read_bytes() == b"my notes" and not theirs.exists()
+    (maps / "p.map.npy").unlink()
+    elsewhere = tmp_path / "elsewhere.png"
+    Image.new("RGB", (5, 5)).save(elsewhere)
+    theirs.symlink_to(elsewhere)  # a link is never replaced (nor followed)
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        write_map(maps, src, grid, render_map(image, grid), tmp_path / "in")
+    assert theirs.is_symlink() and Image.open(elsewhere).size == (5, 5)
+
+
+def test_write_map_never_writes_outside_the_maps_folder(tmp_path):
+    image, grid = _half_noise(32, 32), np.zeros((2, 2), dtype=np.float32)
+    src, = _touch_images(tmp_path / "in" / "sub", "p.png")
+    maps, outside = tmp_path / "maps", tmp_path / "outside"
+    maps.mkdir()
+    outside.mkdir()
+    (maps / "sub").symlink_to(outside, target_is_directory=True)  # the mirrored folder leads out of DIR
+    with pytest.raises(ValueError, match="outside the maps folder"):
+        write_map(maps, src, grid, render_map(image, grid), tmp_path / "in")
+    assert list(outside.iterdir()) == []
+    # image paths are data: a name cannot climb out of DIR
+    png, npy = map_paths(maps, tmp_path / "in" / ".." / "in" / "sub" / "p.png", tmp_path / "in" / "sub" / "..")
+    assert png.parent == maps / "sub" and ".." not in png.parts
+
+
+def test_render_map_bar_scale_and_score():
+    image = Image.new("RGB", (200, 180), (90, 90, 90))
+    grid = np.array([[0.2, 0.4], [0.6, 0.8]], dtype=np.float32)
+    low, high = render_map(image, grid, score=0.1, value_range=(0, 1)), render_map(image, grid, score=0.9, value_range=(0, 1))
+    assert low.size == high.size and low.height == 180 and low.width > 200
+    left = np.asarray(low)[:, :200]
+    assert np.array_equal(left, np.asarray(overlay(image, grid, value_range=(0, 1))))  # the overlay, unchanged
+    # the colour bar: a column of the panel runs from the top colour (high) to the bottom colour (low)
+    panel = np.asarray(low, dtype=int)[:, 200:]
+    top_colour, bottom_colour = colormap(np.array(1.0)), colormap(np.array(0.0))
+    matches_top = [(panel[y] == top_colour).all(axis=1).sum() for y in range(low.height)]
+    matches_bottom = [(panel[y] == bottom_colour).all(axis=1).sum() for y in range(low.height)]
+    assert max(matches_top) >= 10 and max(matches_bottom) >= 10
+    assert int(np.argmax(matches_top)) < int(np.argmax(matches_bottom))
+    # the score marker: the two pictures differ in the panel, above for the higher score
+    diff_rows = np.nonzero((np.asarray(low)[:, 200:] != np.asarray(high)[:, 200:]).any(axis=(1, 2)))[0]
+    assert diff_rows.size and diff_rows.min() < low.height // 2 < diff_rows.max()
+    # fixed scale: the same patch value has the same colour in maps of different images
+    grids = np.array([[0.6, 0.2]], dtype=np.float32), np.array([[0.6, 0.99]], dtype=np.float32)
+    fixed = [np.asarray(render_map(image, g, alpha=1.0, value_range=(0, 1)))[90, 10] for g in grids]
+    assert np.array_equal(fixed[0], fixed[1]) and np.array_equal(fixed[0], colormap(np.array(0.6)))  # left: 0.6
+    per_image = [np.asarray(render_map(image, g, alpha=1.0))[90, 10] for g in grids]
+    assert not np.array_equal(per_image[0], per_image[1])
+    assert fixed_range((0.0, 1.0)) == (0.0, 1.0) and fixed_range(None) is None
+    assert fixed_range((0.0, float("inf"))) is None and fixed_range((1, 1)) is None
+    tiny = render_map(Image.new("RGB", (3, 2)), np.zeros((1, 1)), score=None)
+    assert tiny.height == 160  # legible bar whatever the image size
 
 
 def test_cli_score_writes_maps_and_survives_bad_files(tmp_path, capsys):
@@ -145,15 +253,16 @@ def test_cli_score_writes_maps_and_survives_bad_files(tmp_path, capsys):
     rows = {r["path"]: r for r in read_scores(out)}
     assert len(rows) == 4
     assert rows[str(folder / "broken.png")]["error"] and rows[str(folder / "broken.png")]["score"] is None
-    expected = {"a/x.png.map.png", "a/x.png.map.npy", "b/x.png.map.png", "b/x.png.map.npy",
-                "top.png.map.png", "top.png.map.npy"}
+    expected = {"a/x.map.png", "a/x.map.npy", "b/x.map.png", "b/x.map.npy", "top.map.png", "top.map.npy"}
     written = {p.relative_to(maps).as_posix() for p in maps.rglob("*") if p.is_file()}
     assert written == expected
-    grid_a, grid_b = np.load(maps / "a" / "x.png.map.npy"), np.load(maps / "b" / "x.png.map.npy")
+    grid_a, grid_b = np.load(maps / "a" / "x.map.npy"), np.load(maps / "b" / "x.map.npy")
     assert grid_a.shape == patch_grid(96, 64)[1] and not np.array_equal(grid_a, grid_b)
-    assert Image.open(maps / "top.png.map.png").size == (80, 80)
+    with Image.open(maps / "top.map.png") as picture:  # the 80 x 80 overlay, a colour-bar panel beside it
+        assert picture.width > 80 and picture.height == 160 and PNG_MARKER in picture.text
     meta = json.loads((tmp_path / "out.csv.meta.json").read_text())
     assert meta["maps"]["written"] == 3 and meta["maps"]["errors"] == 0
+    assert meta["maps"]["scale"] == "fixed" and meta["maps"]["range"] == [0.0, 1.0]  # edge_density's range
     assert "3 maps" in capsys.readouterr().err
 
 
@@ -176,9 +285,44 @@ def test_cli_map_failure_is_recorded_and_scores_are_kept(tmp_path, monkeypatch):
     assert main(["score", str(folder), "-o", str(out), "--maps", str(maps), "-m", "edge_density", "-q",
                  "--workers", "0"]) == 0
     assert all(r["score"] is not None for r in read_scores(out)) and len(read_scores(out)) == 3
-    assert sorted(p.name for p in maps.glob("*.png")) == ["0.png.map.png", "2.png.map.png"]
+    assert sorted(p.name for p in maps.glob("*.png")) == ["0.map.png", "2.map.png"]
     meta = json.loads((tmp_path / "out.csv.meta.json").read_text())
     assert meta["maps"]["errors"] == 1 and "1.png" in meta["maps"]["failures"][0] and "boom" in meta["maps"]["failures"][0]
+
+
+def test_cli_maps_of_same_stem_inputs_scales_and_refusals(tmp_path, caplog):
+    """x.jpg and x.png in one folder get distinct maps; the fixed scale is the model's range, an open range
+    falls back to per-image scaling with a warning; a file pyica did not write is never replaced."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _half_noise(64, 48, 0).save(folder / "x.png")
+    _half_noise(64, 48, 1).save(folder / "x.jpg", quality=95)
+    _half_noise(64, 48, 2).save(folder / "y.png")
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(maps / "y.map.png")  # the user's file under a map name
+    mine = (maps / "y.map.png").read_bytes()
+    out = tmp_path / "s.csv"
+    assert main(["score", str(folder), "-o", str(out), "--maps", str(maps), "-m", "spatial_information", "-q",
+                 "--workers", "0"]) == 0  # scores are all written: a refused map is not a failed input
+    assert "open score range" in caplog.text
+    assert sorted(p.name for p in maps.iterdir()) == ["x.jpg.map.npy", "x.jpg.map.png", "x.png.map.npy",
+                                                      "x.png.map.png", "y.map.png"]
+    assert (maps / "y.map.png").read_bytes() == mine
+    meta = json.loads((tmp_path / "s.csv.meta.json").read_text())["maps"]
+    assert meta["scale"] == "per-image" and meta["range"] is None
+    assert meta["written"] == 2 and meta["errors"] == 1 and "not a map pyica wrote" in meta["failures"][0]
+    assert not np.array_equal(np.load(maps / "x.jpg.map.npy"), np.load(maps / "x.png.map.npy"))
+
+    out2 = tmp_path / "s2.csv"
+    assert main(["score", str(folder / "x.png"), "-o", str(out2), "--maps", str(tmp_path / "m2"), "-m", "entropy",
+                 "--map-scale", "per-image", "-q", "--workers", "0"]) == 0
+    assert json.loads((tmp_path / "s2.csv.meta.json").read_text())["maps"]["scale"] == "per-image"
+    assert (tmp_path / "m2" / "x.png.map.png").exists()  # x.jpg beside it: the whole name, as in every run
+    out3 = tmp_path / "s3.csv"
+    assert main(["score", str(folder / "x.png"), "-o", str(out3), "--maps", str(tmp_path / "m3"), "-m", "entropy",
+                 "-q", "--workers", "0"]) == 0
+    assert json.loads((tmp_path / "s3.csv.meta.json").read_text())["maps"]["range"] == [0.0, 8.0]
 
 
 def test_cli_rejects_bad_map_fractions(tmp_path, capsys):

@@ -250,7 +250,7 @@ def _config(data, out, **over):
 
 def _losses(out):
     rows = [json.loads(line) for line in (Path(out) / pt.LOG).read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows}
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "step"}  # the loop's log: step and epoch rows
 
 
 def _run(cfg, **kw):
@@ -339,8 +339,9 @@ def test_checkpoint_loads_weights_only_and_the_encoder_and_card_exist(data):
     assert card["training"]["steps"] == 6 and card["training"]["samples_seen"] == 24
     assert card["training"]["final_loss"] == summary["final_loss"] and math.isfinite(summary["final_loss"])
     assert card["training"]["data"]["images"] == 22 and not card["training"]["finished"]
-    row = json.loads((out / pt.LOG).read_text().splitlines()[-1])
-    assert {"step", "loss", "contrastive", "lr", "images_per_s"} <= set(row)
+    rows = [json.loads(line) for line in (out / pt.LOG).read_text().splitlines()]
+    row = [r for r in rows if r["kind"] == "step"][-1]
+    assert {"step", "loss", "contrastive", "lr", "images_per_s"} <= set(row) and row["fit"] == "pretraining"
 
 
 def test_config_paths_are_relative_to_the_config_file(data, tmp_path):

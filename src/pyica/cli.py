@@ -131,12 +131,18 @@ def _build_parser() -> argparse.ArgumentParser:
                         "so that N runs with I = 0..N-1 cover every input exactly once; give each its own -o. "
                         "Under torchrun the shard is split again by rank: rank r of w takes p %% (N*w) == I + N*r")
     p.add_argument("--maps", metavar="DIR",
-                   help="also write a complexity map per image: DIR/<name>.map.png overlay and DIR/<name>.map.npy "
-                        "patch-score grid (paths under the inputs' common folder are mirrored under DIR)")
+                   help="also write a complexity map per image: DIR/<name>.map.png (overlay, colour bar, the "
+                        "image's score) and DIR/<name>.map.npy (patch-score grid); <name> is x for x.jpg, or x.jpg "
+                        "when another image in its folder is x.*; folders under the inputs' common folder are "
+                        "mirrored under DIR; nothing is written outside DIR or over a file pyica did not write")
     p.add_argument("--map-patch", type=float, default=0.25,
                    help="map patch side as a fraction of the image's shorter side (default: 0.25)")
     p.add_argument("--map-stride", type=float, default=0.5,
                    help="map patch stride as a fraction of the patch side (default: 0.5)")
+    p.add_argument("--map-scale", choices=("fixed", "per-image"), default="fixed",
+                   help="map colours: 'fixed' (default) on the model's score range, the same in every map (a "
+                        "model with an open range is scaled per image, with a warning); 'per-image': each map's "
+                        "own min..max")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -454,6 +460,10 @@ def cmd_score(args) -> int:
             from .loading import ImageLoadError, load_image
 
             maps_root = mapping.inputs_root(args.inputs)
+            map_range = mapping.fixed_range(model.score_range) if args.map_scale == "fixed" else None
+            if args.map_scale == "fixed" and map_range is None:
+                log.warning("%s has an open score range (%s): maps are scaled per image, not comparable",
+                            args.model, model.score_range)
 
         def write_maps(records) -> None:
             """Maps of the scored records (called after their scores are written); a failure is logged and kept."""
@@ -468,7 +478,8 @@ def cmd_score(args) -> int:
                     image = load_image(rec.path, args.max_pixels)
                     boxes, _ = mapping.patch_grid(image.width, image.height, args.map_patch, args.map_stride)
                     grid = mapping.complexity_map(model, image, args.map_patch, args.map_stride, batch_size=args.batch_size)
-                    mapping.write_map(args.maps, rec.path, grid, mapping.overlay(image, grid, boxes=boxes), maps_root)
+                    picture = mapping.render_map(image, grid, score=rec.score, value_range=map_range, boxes=boxes)
+                    mapping.write_map(args.maps, rec.path, grid, picture, maps_root)
                     maps_written += 1
                 except Exception as err:  # one bad map must not stop the job
                     message = str(err) if isinstance(err, ImageLoadError) else f"{rec.path}: {type(err).__name__}: {err}"
@@ -523,6 +534,8 @@ def cmd_score(args) -> int:
         }
         if args.maps:
             meta["maps"] = {"dir": args.maps, "patch_fraction": args.map_patch, "stride_fraction": args.map_stride,
+                            "scale": "fixed" if map_range is not None else "per-image",
+                            "range": list(map_range) if map_range is not None else None,
                             "written": maps_written, "errors": map_errors, "failures": map_failures,
                             "seconds": round(map_seconds, 3)}
         writer.close(finished=True, meta=meta)

@@ -3,8 +3,22 @@
 An image is cut into overlapping square patches on a regular grid (:func:`patch_grid`); each patch
 is scored by the model exactly as a whole image would be (:func:`complexity_map`), which gives a
 ``(rows, cols)`` grid of scores. :func:`overlay` draws the grid, bilinearly upsampled to the image
-(:func:`upsample_map`), as a heat map over a greyscale copy of the image, and :func:`write_map`
-saves the overlay (PNG) and the raw grid (``.npy``) atomically.
+(:func:`upsample_map`), as a heat map over a greyscale copy of the image; :func:`render_map` adds a
+colour bar (with its scale) and the image's score beside it, and :func:`write_map` saves the picture
+(PNG) and the raw grid (``.npy``) atomically, under the names of :func:`map_paths`.
+
+**Scale.** By default a map is coloured on a fixed scale, the model's score range (its registry entry
+and card: 0..1 for the default model), so that the same colour means the same patch score in every
+map of that model; values outside are clipped. A model with an open range (``score_range`` ``None`` or
+an infinite bound, e.g. ``spatial_information``) has no fixed scale: its maps are scaled per image (the
+map's own min..max), and the colour bar says so. ``value_range=None`` asks for per-image scaling.
+
+**Where maps go.** Only under the maps folder: names are built by :func:`map_paths` from the image's
+path relative to the inputs' common folder (never with ``..``), and :func:`write_map` refuses a target
+whose folder resolves (through a symbolic link) outside the maps folder. Map files are pyica-named
+(``*.map.png``, ``*.map.npy``) and :func:`write_map` replaces only files pyica wrote: a PNG without
+pyica's text chunk (:data:`PNG_MARKER`), a ``.npy`` that is not a 2-D float32 array, a link or
+anything not a regular file is refused (that map fails; the run goes on).
 
 Because every registered model (classic measure or learned) scores patches through its own
 ``score_images``, all of them produce maps by this one code path. Map values are patch scores: the
@@ -22,13 +36,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
+from .loading import image_extensions
 from .writers import replace_atomically
 
 __all__ = [
@@ -38,10 +54,17 @@ __all__ = [
     "upsample_map",
     "colormap",
     "overlay",
+    "fixed_range",
+    "render_map",
     "inputs_root",
+    "map_stem",
     "map_paths",
     "write_map",
+    "PNG_MARKER",
 ]
+
+#: The PNG text chunk (key) that marks a map PNG as pyica's; :func:`write_map` replaces only such PNGs.
+PNG_MARKER = "pyica-map"
 
 #: Smallest patch side in pixels (unless the image itself is smaller).
 MIN_PATCH = 32
@@ -193,6 +216,87 @@ def overlay(image: Image.Image, grid: np.ndarray, alpha: float = 0.5,
     return Image.blend(grey, Image.fromarray(heat, mode="RGB"), float(alpha))
 
 
+def fixed_range(score_range) -> tuple[float, float] | None:
+    """A model's ``score_range`` as a fixed colour scale ``(lo, hi)``, or ``None`` when the range is open
+    (``None``, a non-finite bound, or ``hi <= lo``): such maps are scaled per image."""
+    if score_range is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in score_range)
+    except (TypeError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) and hi > lo else None
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def render_map(image: Image.Image, grid: np.ndarray, *, score: float | None = None,
+               value_range: tuple[float, float] | None = None, boxes: Sequence[Box] | None = None,
+               alpha: float = 0.5) -> Image.Image:
+    """The map picture :func:`write_map` saves: the :func:`overlay` of ``grid`` at the image's size in
+    the top-left corner, and to its right a panel with the colour bar (top = high), its scale labels and
+    the image's ``score``, written above the bar and marked on it (a white line with a black edge).
+
+    ``value_range``: the fixed scale (:func:`fixed_range` of the model's ``score_range``); ``None``: the
+    map's own finite min..max (per image), labelled "per-image scale". Only Pillow draws (no matplotlib).
+    The picture is at least 160 px high so that the bar and its labels stay legible for small images."""
+    grid = np.asarray(grid, dtype=np.float32)
+    if value_range is None:
+        finite = grid[np.isfinite(grid)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        scale_note = "per-image scale"
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
+        scale_note = "fixed scale"
+    over = overlay(image, grid, alpha=alpha, value_range=(lo, hi), boxes=boxes)
+    height = max(over.height, 160)
+    font_size = max(10, min(32, round(height / 24)))
+    font = _font(font_size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str) -> int:
+        left, _, right, _ = measure.textbbox((0, 0), text, font=font)
+        return int(right - left)
+
+    score_text = f"score {_fmt(score)}" if score is not None and math.isfinite(score) else "score -"
+    labels = [_fmt(hi), _fmt((lo + hi) / 2), _fmt(lo)]
+    pad, bar_w = max(4, font_size // 2), max(12, font_size)
+    panel_w = pad + max(bar_w + pad + max(text_width(t) for t in labels),
+                        text_width(score_text), text_width(scale_note)) + pad
+    canvas = Image.new("RGB", (over.width + panel_w, height), (24, 24, 24))
+    canvas.paste(over, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x0 = over.width + pad
+    line_h = font_size + pad // 2
+    draw.text((x0, pad), score_text, fill=(255, 255, 255), font=font)
+    top, bottom = pad + line_h + pad, height - pad - line_h - pad
+    if bottom - top < 8:  # never: height >= 160
+        bottom = top + 8
+    ramp = colormap(np.linspace(1.0, 0.0, bottom - top, dtype=np.float32))  # (rows, 3), top = high
+    bar = np.repeat(ramp[:, None, :], bar_w, axis=1)
+    canvas.paste(Image.fromarray(bar, mode="RGB"), (x0, top))
+    draw.rectangle((x0 - 1, top - 1, x0 + bar_w, bottom), outline=(200, 200, 200))
+    for text, y in zip(labels, (top, (top + bottom) / 2, bottom)):
+        _, t, _, b = draw.textbbox((0, 0), text, font=font)
+        draw.text((x0 + bar_w + pad, y - (t + b) / 2), text, fill=(230, 230, 230), font=font)
+    draw.text((x0, height - pad - line_h), scale_note, fill=(200, 200, 200), font=font)
+    if score is not None and math.isfinite(score):
+        t = 0.0 if not hi > lo else min(1.0, max(0.0, (float(score) - lo) / (hi - lo)))
+        y = round(bottom - 1 - t * (bottom - top - 1))
+        draw.rectangle((x0 - 3, y - 2, x0 + bar_w + 2, y + 2), fill=(0, 0, 0))
+        draw.line((x0 - 2, y, x0 + bar_w + 1, y), fill=(255, 255, 255), width=1)
+    return canvas
+
+
 def inputs_root(inputs: Iterable[str | os.PathLike]) -> str | None:
     """The deepest folder containing every input (a folder counts as itself, a file or manifest as
     its folder): the root under which :func:`map_paths` mirrors image paths. ``None`` if there is none
@@ -207,38 +311,128 @@ def inputs_root(inputs: Iterable[str | os.PathLike]) -> str | None:
         return None
 
 
+_LISTINGS: dict[str, tuple[int, dict[str, int], frozenset[str]]] = {}
+
+
+def _folder_names(folder: str) -> tuple[dict[str, int], frozenset[str]]:
+    """(case-folded stem -> how many image files have it, case-folded full names) of the image files in
+    ``folder`` (by the extensions Pillow opens, hidden files skipped); cached while its mtime stays."""
+    mtime = os.stat(folder).st_mtime_ns
+    cached = _LISTINGS.get(folder)
+    if cached is not None and cached[0] == mtime:
+        return cached[1], cached[2]
+    extensions = image_extensions()
+    stems: dict[str, int] = {}
+    names = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, ext = os.path.splitext(entry.name)
+            if entry.name.startswith(".") or ext.lower() not in extensions:
+                continue
+            stems[stem.casefold()] = stems.get(stem.casefold(), 0) + 1
+            names.add(entry.name.casefold())
+    if len(_LISTINGS) > 4096:
+        _LISTINGS.clear()
+    _LISTINGS[folder] = (mtime, stems, frozenset(names))
+    return stems, frozenset(names)
+
+
+def map_stem(image_path: str | os.PathLike) -> str:
+    """The name an image's map files start with: the file name without its extension (``x.jpg`` -> ``x``),
+    or the whole file name (``x.jpg``) when that could clash: when another image file in the same folder
+    has the same name before its extension (``x.jpg`` and ``x.png`` give ``x.jpg`` and ``x.png``), or
+    when the stem is another image file's whole name (``x.jpg.png`` beside ``x.jpg``). Names compare
+    without regard to case. The rule reads only the image's own folder, so every run, shard and rank
+    names an image alike. A folder that cannot be listed gives the whole file name."""
+    path = os.path.abspath(image_path)
+    name = os.path.basename(path)
+    stem, ext = os.path.splitext(name)
+    if not ext or not stem:
+        return name
+    try:
+        stems, names = _folder_names(os.path.dirname(path))
+    except OSError:
+        return name
+    key, own = stem.casefold(), name.casefold()
+    others = stems.get(key, 0) - (1 if own in names else 0)
+    return name if others > 0 or key in names else stem
+
+
 def map_paths(out_dir: str | os.PathLike, image_path: str | os.PathLike,
               inputs_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Where the map of ``image_path`` goes: ``(overlay .png, grid .npy)``.
+    """Where the map of ``image_path`` goes: ``(picture .png, grid .npy)``.
 
-    Naming rule, so that no two inputs share a map file:
+    Naming rule, so that no two inputs share a map file (``NAME`` is :func:`map_stem`: ``x`` for
+    ``x.jpg``, or ``x.jpg`` when another image in its folder is also ``x.*``):
 
-    * an image under ``inputs_root`` keeps its path relative to it, mirrored under ``out_dir``, with
-      its full file name (extension included, so ``x.jpg`` and ``x.png`` differ):
-      ``ROOT/a/x.jpg`` -> ``OUT/a/x.jpg.map.png`` and ``OUT/a/x.jpg.map.npy``;
+    * an image under ``inputs_root`` keeps its folder relative to it, mirrored under ``out_dir``:
+      ``ROOT/a/x.jpg`` -> ``OUT/a/x.map.png`` and ``OUT/a/x.map.npy``;
     * any other image (no root given, or outside it) goes flat into ``out_dir`` with the first 8 hex
-      digits of the SHA-1 of its absolute path: ``OUT/x.jpg.1f0c3a9b.map.png``.
+      digits of the SHA-1 of its absolute path: ``OUT/x.1f0c3a9b.map.png``.
 
-    Both rules are deterministic, so a rerun overwrites the same files.
+    The result is always inside ``out_dir`` (the relative part never holds ``..``). Both rules are
+    deterministic, so a rerun replaces the same files.
     """
     image = Path(os.path.abspath(image_path))
+    name = map_stem(image)
     rel = None
     if inputs_root is not None:
         with contextlib.suppress(ValueError):
             rel = image.relative_to(os.path.abspath(inputs_root))
-    if rel is None or not rel.name:
+    if rel is None or not rel.name or ".." in rel.parts:
         digest = hashlib.sha1(str(image).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-        rel = Path(f"{image.name}.{digest}")
-    base = Path(out_dir) / rel
+        base = Path(out_dir) / f"{name}.{digest}"
+    else:
+        base = Path(out_dir) / rel.parent / name
     return base.with_name(base.name + ".map.png"), base.with_name(base.name + ".map.npy")
 
 
+def _inside(out_dir: Path, target: Path) -> None:
+    """Refuse ``target`` unless its folder, with every link resolved, lies inside ``out_dir``'s (the deepest
+    existing ancestor is checked, since the rest is created as folders)."""
+    root = os.path.realpath(out_dir)
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    real = os.path.realpath(folder)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise ValueError(f"{target}: refused: its folder resolves to {real}, outside the maps folder {root}")
+
+
+def _replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is absent or a map pyica wrote (module doc)."""
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_file():
+        raise FileExistsError(f"{path}: refused: exists and is not a regular file pyica wrote")
+    try:
+        if path.suffix == ".png":
+            with Image.open(path) as im:
+                ours = PNG_MARKER in getattr(im, "text", {})
+        else:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            ours = array.dtype == np.float32 and array.ndim == 2
+    except Exception:  # unreadable: not a map of ours
+        ours = False
+    if not ours:
+        raise FileExistsError(f"{path}: refused: exists and is not a map pyica wrote (move it away)")
+
+
 def write_map(out_dir: str | os.PathLike, image_path: str | os.PathLike, grid: np.ndarray,
-              overlay_img: Image.Image, inputs_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write the overlay PNG and the float32 grid ``.npy`` of ``image_path`` (names: :func:`map_paths`),
-    each atomically (temporary file + ``os.replace``). Returns the two paths."""
+              picture: Image.Image, inputs_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """Write the map picture PNG (:func:`render_map`, marked with :data:`PNG_MARKER`) and the float32 grid
+    ``.npy`` of ``image_path`` (names: :func:`map_paths`), each atomically (temporary file + ``os.replace``).
+    Refused, before anything is written, when a target's folder resolves outside ``out_dir`` or a target
+    exists and is not a map pyica wrote (module doc). Returns the two paths."""
     png, npy = map_paths(out_dir, image_path, inputs_root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for target in (png, npy):
+        _inside(out_dir, target)
+        _replaceable(target)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_MARKER, f"complexity map of {os.path.basename(os.fspath(image_path))}")
     replace_atomically(npy, lambda temp: np.save(temp, np.asarray(grid, dtype=np.float32), allow_pickle=False),
                        suffix=".npy")
-    replace_atomically(png, lambda temp: overlay_img.save(temp, format="PNG"), suffix=".png")
+    replace_atomically(png, lambda temp: picture.save(temp, format="PNG", pnginfo=info), suffix=".png")
     return png, npy

@@ -20,7 +20,37 @@ owns everything else, once:
 * validation after each epoch and best-epoch selection (higher is better; NaN never wins; ``patience``
   epochs without a gain stop early); the best epoch's tensors are loaded at the end;
 * progress (a bar with totals and ETA on rank 0), logging, and a graceful stop on SIGTERM/SIGINT for
-  long runs (the step finishes, a checkpoint is written, ``--resume`` continues).
+  long runs (the step finishes, a checkpoint is written, ``--resume`` continues);
+* the metrics log (:class:`MetricsLog`, rank 0): a JSONL file with a row per epoch and a row every
+  ``log_every`` steps, kept consistent with the checkpoint on resume, and TensorBoard scalars beside
+  it when ``torch.utils.tensorboard`` can be imported (skipped silently otherwise).
+
+**Progress.** On rank 0 with ``progress``: one bar of steps with its total (``epochs`` x the task's
+``steps_per_epoch``, capped by ``max_steps``), rate and ETA, described ``NAME epoch E/EPOCHS``, its postfix
+the running loss and the last validation score; after every epoch a line above the bar:
+``NAME epoch 3/10: loss 0.1234, val_srcc 0.8123 (best), lr 0.001, 12.3 s``. Without ``progress`` that
+line goes to the log (INFO).
+
+**Metrics log.** ``LoopSettings.metrics_log``, else, for a fit with a keyed checkpoint
+(:class:`~pyica.training.resume.FitCheckpoints`, e.g. ``OUTPUT/checkpoints/fit-KEY.pt``), ``metrics.jsonl``
+in the folder holding the checkpoints folder (the run's output folder, which outlives the checkpoints);
+no checkpoint and no ``metrics_log``: no file. Every row has ``fit`` (the settings' ``description``),
+``key`` (the checkpoint's key, when there is one), ``kind`` and the 1-based ``epoch`` and global ``step``
+(updates done, counted from the fit's start):
+
+* ``kind: "epoch"``, after every epoch: the task's loss parts (every pyica task reports ``loss``; CLICv2
+  its terms too), means over the epoch's steps of the global batch; ``lr`` (the last step's), ``val_srcc`` (the selection score on the
+  validation part, mean within-category SRCC; absent without validation), ``best_epoch`` (so far),
+  ``seconds`` (the epoch's, validation included);
+* ``kind: "step"``, every ``log_every`` steps (and at ``max_steps``): ``loss`` and its parts on rank 0's
+  share of that batch (the task computes them anyway, so this costs a JSON line), ``lr`` and
+  ``images_per_s`` (global batches since the previous step row).
+
+A fit that resumes from its checkpoint first drops its rows of steps after the checkpoint's (written
+before the kill, about to be redone), so every epoch has one row however often a run was resumed; a fit
+with a checkpoint that starts afresh drops all of its earlier rows. Rows of other fits are kept.
+TensorBoard: ``tensorboard/<key or fit>/`` beside the log, the same numbers as scalars ``epoch/*`` and
+``step/*`` (x axis: step).
 
 The data order is the task's business: every task draws epoch ``e``'s order from ``(seed, e)`` only, so
 a resumed run trains on the batches of an uninterrupted one and, on CPU, ends bit for bit the same.
@@ -30,22 +60,29 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..progress import progress_bar
+from ..progress import progress_bar, progress_line
 from . import distributed
 from .resume import CHECKPOINT_FORMAT, CheckpointFile, plain, rng_state, set_rng_state
 
-__all__ = ["Batch", "TrainingTask", "LoopSettings", "LoopResult", "run", "skip_batches", "CHECKPOINT_FORMAT"]
+__all__ = ["Batch", "TrainingTask", "LoopSettings", "LoopResult", "MetricsLog", "run", "skip_batches",
+           "default_metrics_log", "CHECKPOINT_FORMAT", "METRICS_LOG"]
+
+#: The metrics log's file name in a run's output folder (module doc).
+METRICS_LOG = "metrics.jsonl"
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +140,15 @@ class LoopSettings:
     stop_on_signal: bool = False  # SIGTERM/SIGINT: finish the step, checkpoint, return
     progress: bool = False
     description: str = "training"
+    metrics_log: str | os.PathLike | None = None  # default: see the module doc (Metrics log)
+    log_every: int | None = 10  # steps between step rows of the metrics log; None: epoch rows only
+    tensorboard: bool = True  # also TensorBoard scalars, when torch.utils.tensorboard imports
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.accumulate < 1:
             raise ValueError(f"epochs ({self.epochs}) and accumulate ({self.accumulate}) must be >= 1")
+        if self.log_every is not None and self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1 or None, not {self.log_every}")
         if self.amp_dtype not in distributed.AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {sorted(distributed.AMP_DTYPES)}, not {self.amp_dtype!r}")
 
@@ -175,6 +217,98 @@ def _epoch_means(parts: list[dict[str, float]], sizes: list[tuple[int, int]], di
     return {k: float(per_step[:, i].mean()) for i, k in enumerate(keys)}
 
 
+def default_metrics_log(checkpoint: CheckpointFile | None) -> Path | None:
+    """Where a fit's metrics log goes when its settings name none (module doc): ``metrics.jsonl`` beside
+    the folder of a keyed checkpoint (the run's output folder), beside an unkeyed checkpoint file, or
+    ``None`` without a checkpoint."""
+    if checkpoint is None:
+        return None
+    folder = checkpoint.path.parent
+    return (folder.parent if checkpoint.key is not None else folder) / METRICS_LOG
+
+
+class MetricsLog:
+    """The metrics log of one fit (module doc): appends JSONL rows (flushed, one line each) and, when
+    ``torch.utils.tensorboard`` imports, TensorBoard scalars. Only rank 0 makes one."""
+
+    def __init__(self, path: str | os.PathLike, fit: str, key: str | None = None, *, tensorboard: bool = True):
+        self.path, self.fit, self.key = Path(path), fit, key
+        self.ident = key if key is not None else fit
+        self.tensorboard, self._tb = tensorboard, None
+
+    def _mine(self, row: dict) -> bool:
+        if "fit" not in row and "key" not in row:  # rows of pyica 0.1's pretraining log: this fit's
+            return True
+        return row.get("key", row.get("fit")) == self.ident
+
+    def trim(self, last_step: int) -> None:
+        """Drop this fit's rows of steps after ``last_step`` (0: all of them) and anything after a torn
+        last line; other fits' rows stay. The file is rewritten atomically, only if something goes."""
+        if not self.path.exists():
+            return
+        from ..writers import replace_atomically
+
+        keep, dropped = [], False
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row = json.loads(line) if line.endswith("\n") else None
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                dropped = True
+                break
+            if self._mine(row) and int(row.get("step", 0)) > last_step:
+                dropped = True
+            else:
+                keep.append(line)
+        if dropped:
+            replace_atomically(self.path, lambda temp: Path(temp).write_text("".join(keep), encoding="utf-8"))
+
+    def open_tensorboard(self, purge_step: int | None) -> None:
+        if not self.tensorboard:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard not installed (or broken): skipped silently, as documented
+            return
+        name = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.ident)
+        try:
+            self._tb = SummaryWriter(log_dir=str(self.path.parent / "tensorboard" / name), purge_step=purge_step)
+        except Exception as err:  # never let an optional extra stop training
+            log.warning("TensorBoard disabled: %s: %s", type(err).__name__, err)
+
+    def write(self, kind: str, row: dict) -> None:
+        out = {"fit": self.fit, **({"key": self.key} if self.key is not None else {}), "kind": kind, **row}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(plain(out), allow_nan=True) + "\n")
+        if self._tb is not None:
+            for name, value in row.items():
+                if name not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._tb.add_scalar(f"{kind}/{name}", float(value), int(row["step"]))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _epoch_line(settings: LoopSettings, row: dict, best_epoch: int) -> str:
+    """``NAME epoch 3/10: loss 0.1234, val_srcc 0.8123 (best), lr 0.001, 12.3 s``."""
+    parts = []
+    for k, v in row.items():
+        if k in ("epoch", "seconds", "lr", "step", "best_epoch"):
+            continue
+        text = f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        if k == "val_srcc" and best_epoch == row["epoch"]:
+            text += " (best)"
+        parts.append(text)
+    if row.get("lr") is not None:
+        parts.append(f"lr {row['lr']:.3g}")
+    parts.append(f"{row['seconds']:.1f} s")
+    return f"{settings.description} epoch {row['epoch']}/{settings.epochs}: " + ", ".join(parts)
+
+
 def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
         checkpoint: CheckpointFile | None = None) -> LoopResult:
     """Train ``task`` for ``settings.epochs`` epochs (module doc); returns the history and the selection.
@@ -219,6 +353,15 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
             log.info("%s: resumed after epoch %d (step %d) from %s", settings.description, epoch_done, step,
                      checkpoint.path)
 
+    metrics = None
+    log_path = settings.metrics_log if settings.metrics_log is not None else default_metrics_log(checkpoint)
+    if dist.main and log_path is not None:
+        metrics = MetricsLog(log_path, settings.description, checkpoint.key if checkpoint is not None else None,
+                             tensorboard=settings.tensorboard)
+        if checkpoint is not None:  # resumed: rows after the checkpoint go; afresh: this fit's old rows go
+            metrics.trim(step)
+        metrics.open_tensorboard(step if saved is not None else None)
+
     def state(finished: bool) -> dict:
         out = {"finished": finished, "epoch": epoch_done, "epoch_step": epoch_step, "step": step,
                "model": task.trainable_state(), "history": plain(history), "stale": stale,
@@ -238,11 +381,14 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
     saved_at = step
     on_step = getattr(task, "on_step", None)
     bar = _progress(settings, task, dist, epoch_done, epoch_step)
+    window = [time.perf_counter(), 0]  # since the last step row: its time, global images
+    last_val: float | None = None
     try:
         with _StopFlag(settings.stop_on_signal) as stop:
             for epoch in range(epoch_done + 1, settings.epochs + 1):
                 if stopped or stop.set or (stop_at is not None and step >= stop_at):
                     break
+                bar.set_description(f"{settings.description} epoch {epoch}/{settings.epochs}", refresh=False)
                 t0 = time.perf_counter()
                 task.module.train()
                 parts_seen, sizes, lr, micro = [], [], None, 0
@@ -255,6 +401,7 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
                                 group["lr"] = lr
                         with distributed.autocast(device, settings.amp, settings.amp_dtype):
                             loss, parts = task.loss(net, batch)
+                        raw_loss = loss
                         if dist.world > 1:
                             loss = loss * distributed.loss_scale(batch.n_local, batch.n_global, dist.world)
                         if settings.accumulate > 1:
@@ -271,9 +418,22 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
                     else:
                         if dist.main:
                             log.warning("step %d: no usable image in the batch; no update", step + 1)
-                        loss, parts = None, {}
+                        loss, raw_loss, parts = None, None, {}
                     step += 1
                     epoch_step += 1
+                    window[1] += batch.n_global
+                    if metrics is not None and raw_loss is not None and settings.log_every and \
+                            (step % settings.log_every == 0 or step == stop_at):
+                        now = time.perf_counter()
+                        metrics.write("step", {"epoch": epoch, "step": step,
+                                               "loss": float(parts.get("loss", float(raw_loss.detach()))),
+                                               **{k: float(v) for k, v in parts.items() if k != "loss"},
+                                               "lr": lr, "images_per_s": round(window[1] / max(now - window[0], 1e-9), 2)})
+                        window[:] = [now, 0]
+                    if dist.main and settings.progress and parts:
+                        bar.set_postfix({"loss": f"{float(parts.get('loss', next(iter(parts.values())))):.4g}",
+                                         **({"val_srcc": f"{last_val:.4f}"} if last_val is not None else {})},
+                                        refresh=False)
                     bar.update(1)
                     if on_step is not None:
                         on_step(step, epoch, lr, loss, parts, batch)
@@ -307,9 +467,17 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
                         stale += 1
                 history.append(row)
                 if dist.main:
-                    log.info("%s epoch %d: %s", settings.description, epoch, row)
-                    bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()
-                                     if k not in ("epoch", "seconds")})
+                    last_val = row.get("val_srcc", last_val)
+                    if settings.progress and last_val is not None:
+                        bar.set_postfix({**({"loss": f"{row['loss']:.4g}"} if "loss" in row else {}),
+                                         "val_srcc": f"{last_val:.4f}"}, refresh=False)
+                    line = _epoch_line(settings, row, best[1])
+                    if settings.progress:
+                        progress_line(bar, line)
+                    else:
+                        log.info("%s", line)
+                    if metrics is not None:
+                        metrics.write("epoch", {**row, "step": step, "best_epoch": best[1]})
                 stopped = settings.patience is not None and stale >= settings.patience
                 if epoch < settings.epochs and not stopped and (stop_at is None or step < stop_at):
                     save(False)
@@ -321,6 +489,8 @@ def run(task: TrainingTask, settings: LoopSettings, *, device: torch.device,
                 log.warning("stopped at step %d; continue with --resume", step)
     finally:
         bar.close()
+        if metrics is not None:
+            metrics.close()
 
     if finished and best[1] > 0:
         task.load_trainable_state(best[2])
@@ -344,13 +514,14 @@ def _update(optimizer, scaler, task, settings: LoopSettings) -> None:
 
 
 def _progress(settings: LoopSettings, task, dist, epoch_done: int, epoch_step: int):
+    """The bar of steps: total = epochs x the task's ``steps_per_epoch`` (capped by ``max_steps``), the
+    steps done before a resume counted as done."""
     per_epoch = getattr(task, "steps_per_epoch", None)
-    total = None
+    total, done = None, 0
     if per_epoch:
         total = settings.epochs * per_epoch
         if settings.max_steps is not None:
             total = min(total, settings.max_steps)
-        total -= epoch_done * per_epoch + epoch_step
-    bar = progress_bar(total, settings.progress and dist.main, unit="step")
-    bar.set_description(settings.description)
-    return bar
+        done = min(total, epoch_done * per_epoch + epoch_step)
+    return progress_bar(total, settings.progress and dist.main, unit="step", initial=done,
+                        desc=settings.description)

@@ -30,7 +30,11 @@ wrapped in ``DistributedDataParallel``, the data stream gives every rank its own
 only rank 0 writes checkpoints, logs and the encoder.
 
 Outputs in ``output_dir``: ``last.pt`` (checkpoint, every ``checkpoint_every`` steps and at the end),
-``log.jsonl`` (one row every ``log_every`` steps: loss and its parts, lr, images/s), and at the end
+``log.jsonl`` (the training loop's metrics log, the rows ``pyica train`` writes to ``metrics.jsonl``,
+see :mod:`pyica.training.loop`: a ``"kind": "step"`` row every ``log_every`` steps with the loss and its
+parts, lr and images/s, and a ``"kind": "epoch"`` row after every epoch with the epoch's mean loss and
+parts, lr and seconds; ``fit`` is ``"pretraining"``; a resume drops the rows after its checkpoint's step),
+TensorBoard scalars in ``tensorboard/`` when tensorboard is installed, and at the end
 ``encoder.safetensors`` (the query encoder, what probing uses) with its card ``encoder.json``.
 
 Exact resume: ``last.pt`` holds the model and optimiser states, the step, the data stream's state
@@ -62,7 +66,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from ..weights import save_weights
-from ..writers import replace_atomically
 from . import loop
 from .distributed import Distributed
 from .config import check_types, read_json_config, schema_error
@@ -290,22 +293,6 @@ def _exclude_paths(manifest: str | None) -> set[str]:
     return paths
 
 
-def _trim_log(path: Path, last_step: int) -> None:
-    """Keep the rows of steps <= ``last_step`` (a run that stopped after its checkpoint logged more)."""
-    if not path.exists():
-        return
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                rows.append(line)
-        except json.JSONDecodeError:
-            break
-    replace_atomically(path, lambda temp: Path(temp).write_text("".join(rows), encoding="utf-8"))
-
-
 def pretrain(config: str | os.PathLike | dict, *, resume: bool = False, max_steps: int | None = None,
              build_model: Callable[[dict], nn.Module] | None = None, device: str | torch.device = "auto",
              num_workers: int | None = None, progress: bool = True, sources: list[str] | None = None,
@@ -387,7 +374,7 @@ def _run(cfg: dict, dist: Distributed, *, resume: bool, max_steps: int | None, b
         global_batchnorm=bool(cfg["sync_bn"]), find_unused_parameters=bool(cfg["find_unused_parameters"]),
         ddp_options={"broadcast_buffers": True, "gradient_as_bucket_view": True},
         checkpoint_every=int(cfg["checkpoint_every"]), max_steps=stop_at, stop_on_signal=True,
-        progress=progress, description="pretraining")
+        progress=progress, description="pretraining", metrics_log=out / LOG, log_every=int(cfg["log_every"]))
     try:
         fit = loop.run(task, settings, device=device, checkpoint=CheckpointFile(ckpt_path, resume=resume))
     finally:
@@ -412,7 +399,7 @@ class _PretrainTask:
     unlabeled stream (which starts at any position: its order and crops are functions of
     ``(seed, epoch, position)``), the model's generator is re-seeded from ``(seed, rank, step)`` before
     every step, AdamW with warm-up + cosine per step, the model's ``momentum_update`` after every update;
-    its ``on_step`` writes the ``log.jsonl`` rows and keeps the run's statistics."""
+    its ``on_step`` keeps the run's statistics and stops on a non-finite loss (the loop writes ``log.jsonl``)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, stream, cfg: dict, dist: Distributed, *,
                  steps_per_epoch: int, total_steps: int, warmup_steps: int, peak_lr: float, stop_at: int,
@@ -426,10 +413,7 @@ class _PretrainTask:
         self.last_loss: float | None = None
         self.last_parts: dict[str, float] = {}
         self.elapsed_before, self.resumed_from, self.t_start = 0.0, None, time.perf_counter()
-        self.log_path = Path(cfg["output_dir"]) / LOG
-        self.log_file = None
         self.position = (0, 0)  # (stream epoch, samples consumed in it) after the last step
-        self.window_t, self.window_steps = time.perf_counter(), 0
 
     # --- the loop's task ---------------------------------------------------------------------------
 
@@ -497,7 +481,6 @@ class _PretrainTask:
             except RuntimeError:  # saved on another device type: harmless, see _step_seed
                 pass
         if self.dist.main:
-            _trim_log(self.log_path, self.resumed_from)
             log.info("resumed %s at step %d (epoch %d, %d samples into it)", Path(self.cfg["output_dir"]) / CHECKPOINT,
                      self.resumed_from, *self.position)
 
@@ -506,30 +489,15 @@ class _PretrainTask:
     def on_step(self, step: int, epoch: int, lr, loss, parts, batch) -> None:  # noqa: ARG002
         if loss is not None:
             self.last_loss, self.last_parts = float(loss.detach()), parts
-        self.window_steps += 1
         epoch_index, steps_into_epoch = divmod(step, self.steps_per_epoch)
         self.position = (epoch_index, steps_into_epoch * self.global_batch)
-        if not self.dist.main or not (step % int(self.cfg["log_every"]) == 0 or step == self.stop_at) \
-                or self.last_loss is None:
-            return
-        now = time.perf_counter()
-        row = {"step": step, "epoch": round(step / self.steps_per_epoch, 4), "lr": lr, "loss": self.last_loss,
-               "images_per_s": round(self.window_steps * self.global_batch / max(now - self.window_t, 1e-9), 2),
-               "samples_seen": step * self.global_batch}
-        for key, value in self.last_parts.items():
-            row.setdefault(key, float(value))
-        if not math.isfinite(row["loss"]):
-            raise RuntimeError(f"loss is {row['loss']} at step {step}; the last checkpoint is "
+        if self.dist.main and self.last_loss is not None and not math.isfinite(self.last_loss) and \
+                (step % int(self.cfg["log_every"]) == 0 or step == self.stop_at):
+            raise RuntimeError(f"loss is {self.last_loss} at step {step}; the last checkpoint is "
                                f"{Path(self.cfg['output_dir']) / CHECKPOINT}")
-        if self.log_file is None:
-            self.log_file = open(self.log_path, "a", encoding="utf-8")
-        self.log_file.write(json.dumps(row) + "\n")
-        self.log_file.flush()
-        self.window_t, self.window_steps = now, 0
 
     def close(self) -> None:
-        if self.log_file is not None:
-            self.log_file.close()
+        pass
 
 
 def _check_compatible(data: dict, global_batch: int, num_samples: int, seed: int) -> None:
