@@ -159,8 +159,8 @@ def packaged_configs() -> dict[str, Path]:
     """The configs that ship in the package: ``{name: file}``, the name being the file's path under
     ``pyica/configs/`` without ``.json`` (``cmssa/cmssa_offline.savoias``), sorted."""
     root = _configs_dir()
-    files = sorted(root.rglob("*.json")) if root.is_dir() else []
-    return {f.relative_to(root).as_posix()[: -len(".json")]: f for f in files}
+    files = root.rglob("*.json") if root.is_dir() else []
+    return dict(sorted((f.relative_to(root).as_posix()[: -len(".json")], f) for f in files))
 
 
 def _summary(raw: dict) -> str:

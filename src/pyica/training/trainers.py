@@ -169,7 +169,7 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
 
     options = options or TrainOptions()
     config = load_config(config_path)
-    name = check_run_name(options.name) if options.name else config["model"]
+    name = check_run_name(options.name) if options.name is not None else config["model"]
     method = _method(config["method"])
     if options.verify and method.verify is None:
         raise ValueError(f"{config_path}: --verify refits closed-form heads only, not method {config['method']!r}")
