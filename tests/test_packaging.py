@@ -239,7 +239,7 @@ def test_score_refuses_trained_weights_for_another_model_or_a_changed_file(toy, 
     capsys.readouterr()
     assert main(["score", "data", "-m", "icnet.savoias", "--weights", str(weights), "-q", "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "weights of a effnet_ridge model, not of icnet.savoias" in err[0]
+    assert len(err) == 1 and "weights of architecture effnet_ridge, not of icnet.savoias" in err[0]
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # one bit of the tensors: the sha256 load refuses it
     weights.write_bytes(bytes(data))
@@ -269,5 +269,8 @@ def test_resume_and_verify_find_their_folders(toy):
     assert trainers._output_dir(config, TrainOptions(resume=True), "m", dist) == Path("runs/m-20260102-000000")
     with pytest.raises(FileNotFoundError, match="--resume: no run of x"):
         trainers._output_dir(config, TrainOptions(resume=True), "x", dist)
+    # a closed-form head has nothing to resume: a new run
+    assert trainers._latest_run("x") is None
+    assert RUN.fullmatch(trainers._output_dir(config, TrainOptions(resume=True), "x", dist, resumable=False).name)
     # an explicit folder wins over both
     assert trainers._output_dir(config, TrainOptions(resume=True, output_dir="o"), "m", dist) == Path("o")

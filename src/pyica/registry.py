@@ -205,7 +205,7 @@ def model_from_weights(path, device: str | None = "cpu", *, allow_unverified: bo
     if expect is not None:
         family = get_entry(expect).builder.__module__
         if family != _ARCHITECTURE_MODULES[arch]:
-            raise WeightsError(f"{path}: weights of a {arch} model, not of {expect} ({family.rsplit('.', 1)[-1]}); "
+            raise WeightsError(f"{path}: weights of architecture {arch}, not of {expect} ({family.rsplit('.', 1)[-1]}); "
                                "leave out -m to score with the model the card describes")
     if arch == "effnet_ridge":
         from .models.effnet_ridge import EffNetRidge, EffNetRidgeConfig, View

@@ -133,13 +133,14 @@ def _new_run_dir(name: str) -> Path:
     return out
 
 
-def _output_dir(config: dict, options: TrainOptions, name: str, dist) -> Path:
-    """Where a run writes (module doc); under torchrun rank 0 decides and every process gets its answer."""
+def _output_dir(config: dict, options: TrainOptions, name: str, dist, resumable: bool = True) -> Path:
+    """Where a run writes (module doc); under torchrun rank 0 decides and every process gets its answer.
+    ``resumable``: the method checkpoints (``--resume`` means nothing to a closed-form head)."""
     if options.output_dir or config.get("output_dir"):
         return Path(options.output_dir or config["output_dir"])
     if options.verify:
         return shipped_weights_dir()
-    if options.resume:
+    if options.resume and resumable:
         found = _latest_run(name) if dist.main else None
         found = dist.broadcast_object(str(found) if found else None)
         if found is None:
@@ -184,7 +185,7 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
                              f"{DATA_ENV} to the folder that holds {config['dataset'].lower()}/")
         config["root"] = root
         ds = load_dataset(config["dataset"], root=root)
-        out_dir = _output_dir(config, options, name, dist)
+        out_dir = _output_dir(config, options, name, dist, resumable=method.checkpoints)
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"{out_dir}: the output folder is a file")
         checkpoints = None
