@@ -207,25 +207,17 @@ def model_from_weights(path, device: str | None = "cpu", *, allow_unverified: bo
         if family != _ARCHITECTURE_MODULES[arch]:
             raise WeightsError(f"{path}: weights of architecture {arch}, not of {expect} ({family.rsplit('.', 1)[-1]}); "
                                "leave out -m to score with the model the card describes")
+    # the model modules import this one: reached by name, as _ensure_loaded does, so no import cycle
+    module = importlib.import_module(_ARCHITECTURE_MODULES[arch])
     if arch == "effnet_ridge":
-        from .models.effnet_ridge import EffNetRidge, EffNetRidgeConfig, View
-
         arguments = dict(card["architecture"]["arguments"])
-        views = tuple(View(**v) for v in arguments.pop("views"))
-        model = EffNetRidge(EffNetRidgeConfig(views, **arguments)).load_head(path, allow_unverified=allow_unverified)
+        views = tuple(module.View(**v) for v in arguments.pop("views"))
+        model = module.EffNetRidge(module.EffNetRidgeConfig(views, **arguments))
+        model = model.load_head(path, allow_unverified=allow_unverified)
         model.card = card
-    elif arch == "cmssa":
-        from .models.cmssa import load_cmssa
-
-        model = load_cmssa(path, allow_unverified=allow_unverified)
-    elif arch == "icnet":
-        from .models.icnet import load_icnet
-
-        model = load_icnet(path, allow_unverified=allow_unverified)
     else:
-        from .models.clicv2_probe import load_probe
-
-        model = load_probe(path, allow_unverified=allow_unverified)
+        load = {"cmssa": "load_cmssa", "icnet": "load_icnet", "clicv2_probe": "load_probe"}[arch]
+        model = getattr(module, load)(path, allow_unverified=allow_unverified)
     score = card.get("score") or {}
     model.name = card["name"]
     model.lower_better = score.get("higher") == "less complex"
