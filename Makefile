@@ -8,19 +8,25 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    := out
+# Exact versions for our own setup (torch's CPU build); pyproject.toml declares ranges.
+CONSTRAINTS := constraints.txt
+# Where `pyica train NAME` finds a named dataset without --root ($PYICA_DATA/<dataset>): the shared copy
+# beside the repository, unless the environment says otherwise.
+PYICA_DATA ?= $(abspath ../shared/data)
+export PYICA_DATA
 
 .PHONY: demo test test-compare test-all install install-dev examples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Stamps re-run the install whenever pyproject.toml changes.
-$(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# Stamps re-run the install whenever pyproject.toml or the constraints change.
+$(VENV)/.core: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+$(VENV)/.dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
 	touch $@ $(VENV)/.core
 
 install: $(VENV)/.core

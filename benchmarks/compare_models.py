@@ -43,7 +43,7 @@ about 1 min to score the classic measures and 3.5 min to extract the features, o
 cost timing a few seconds. ``--include-slow`` adds ICNet trained with ``--icnet-config`` (default the
 CPU config: 128 px, 12 epochs, about 30 min per fit here) on ``--slow-splits`` random splits and, unless
 ``--slow-protocols random``, the 7 held-out categories; its per-fit checkpoints let an interrupted run
-resume. They go to the config's ``output_dir``/checkpoints when the config sets ``keep_checkpoints`` (so a
+resume. They go to the config's ``output_dir`` (a packaged config: ``runs/<config stem>``)/checkpoints when the config sets ``keep_checkpoints`` (so a
 fit that ``pyica train`` already made with the same config, data and seed is reused), else to
 ``--work-dir``/icnet-checkpoints.
 
@@ -86,7 +86,7 @@ PROTOCOLS = ("random", "loco")
 MAPPED = ("plcc_logistic4", "rmse_logistic4")
 AGGREGATE_KEY = ("model", "variant", "dataset", "protocol", "category")
 CMSSA_CSV, CLICV2_CSV = RESULTS / "cmssa_savoias.csv", RESULTS / "clicv2_savoias.csv"
-ICNET_CPU_CONFIG = REPO / "configs" / "icnet" / "icnet_savoias.cpu.json"
+ICNET_CPU_CONFIG = REPO / "src" / "pyica" / "configs" / "icnet" / "icnet_savoias.cpu.json"
 
 
 def parse_args(argv=None):
@@ -397,8 +397,10 @@ def icnet_plan(name: str, args) -> Plan:
         config = load_config(args.icnet_config)
         net_config = ICNetConfig(**config.get("icnet", {}))
         # a config that keeps its checkpoints shares pyica train's folder, so a fit it already made is reused
-        checkpoint_dir = (Path(config["output_dir"]) / "checkpoints"
-                          if config.get("keep_checkpoints") and config.get("output_dir")
+        # (a packaged config names no output_dir: `pyica train icnet/icnet_savoias.cpu --output-dir
+        # runs/icnet_savoias.cpu` from the repository root writes where this looks)
+        run_dir = Path(config["output_dir"]) if config.get("output_dir") else REPO / "runs" / args.icnet_config.stem
+        checkpoint_dir = (run_dir / "checkpoints" if config.get("keep_checkpoints")
                           else args.work_dir / "icnet-checkpoints")
         options = TrainOptions(device=args.device, num_workers=args.workers, progress=False, resume=True)
 

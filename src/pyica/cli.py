@@ -143,7 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="map colours: 'fixed' (default) on the model's score range, the same in every map (a "
                         "model with an open range is scaled per image, with a warning); 'per-image': each map's "
                         "own min..max")
-    p.set_defaults(func=cmd_score)
+    # -m: default the default model, or, with --weights of a trained model, the model its card describes
+    p.set_defaults(func=cmd_score, model=None)
 
     p = sub.add_parser(
         "eval",
@@ -184,29 +185,40 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train a model from a config (default-model heads, CM-SSA); writes weights and card",
-        description="Run a training config from configs/: evaluate the recipe under the config's protocol "
-                    "(10 random splits by default), fit on the whole dataset, and write "
-                    "<output_dir>/<model>.safetensors plus its JSON card. Frozen-feature heads are "
-                    "deterministic: --verify refits and compares with the existing weights instead of "
-                    "writing. CM-SSA configs (\"method\": \"cmssa\", configs/cmssa/) train prompts and "
-                    "projections with the paper's recipe; the epoch is chosen on a validation part, every epoch "
-                    "is checkpointed and --resume continues a killed run. Several GPUs: torchrun "
-                    "--nproc_per_node 4 -m pyica train CONFIG (batch_size is the global batch; only rank 0 "
-                    "writes).",
+        help="train a model from a config (default-model heads, CM-SSA, ICNet); writes weights and card",
+        description="Run a training config: evaluate the recipe under the config's protocol (10 random splits "
+                    "by default), fit on the whole dataset, and write NAME.safetensors plus its JSON card to "
+                    "--output-dir (default: the config's output_dir, else runs/NAME-DATE/ in the working "
+                    "directory; never into the installed package). CONFIG is a packaged config's name "
+                    "(`pyica train --list`) or a config file. A named dataset's folder: --root, the config's "
+                    "root, or $PYICA_DATA/<dataset>. Frozen-feature heads are deterministic: --verify refits "
+                    "and compares with the shipped weights (or those in --output-dir) instead of writing. "
+                    "CM-SSA and ICNet configs train by gradient descent; the epoch is chosen on a validation "
+                    "part, every epoch is checkpointed and --resume continues a killed run. Several GPUs: "
+                    "torchrun --nproc_per_node 4 -m pyica train CONFIG (batch_size is the global batch; only "
+                    "rank 0 writes). Score with the result: pyica score --weights runs/.../NAME.safetensors.",
     )
-    p.add_argument("config", help="JSON config, e.g. configs/effnet_lite0_within.savoias.json")
-    p.add_argument("--root", help="dataset folder (default: the config's root, relative to the config file)")
-    p.add_argument("--output-dir", help="where to write weights and card (default: the config's output_dir)")
+    p.add_argument("config", nargs="?",
+                   help="a packaged config's name, e.g. effnet_lite0_within.savoias or cmssa/cmssa_offline.savoias, "
+                        "or a JSON config file")
+    p.add_argument("--list", action="store_true", help="list the packaged configs (name and description) and exit")
+    p.add_argument("--root", help="dataset folder (default: the config's root, relative to the config file, "
+                                  "else $PYICA_DATA/<dataset>)")
+    p.add_argument("--output-dir", help="where to write weights and card (default: the config's output_dir, else "
+                                        "runs/NAME-DATE/ in the working directory)")
+    p.add_argument("--name", help="name of the trained model: the card's name and the file stem NAME.safetensors "
+                                  "(default: the config's model); `pyica score --weights` reports it")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="skip the split evaluation (the card then has no metrics)")
     p.add_argument("--verify", action="store_true",
-                   help="refit and compare with the existing weights (max score difference vs the config's "
-                        "tolerance); exit 1 if they differ; writes nothing")
+                   help="refit and compare with existing weights: the shipped ones, or NAME.safetensors in "
+                        "--output-dir (max score difference vs the config's tolerance); exit 1 if they differ; "
+                        "writes nothing")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from the checkpoints in OUTPUT_DIR/<model>.checkpoints/ "
-                        "(same data order; finished fits are not redone); without it leftover checkpoints are an "
-                        "error. Frozen-feature heads are closed-form: nothing to resume")
+                   help="continue an interrupted run from the checkpoints in OUTPUT_DIR/checkpoints/ (without "
+                        "--output-dir: the newest runs/NAME-* holding checkpoints; same data order; finished fits "
+                        "are not redone); without it leftover checkpoints are an error. Frozen-feature heads are "
+                        "closed-form: nothing to resume")
     p.add_argument("--device", default="auto",
                    help="cpu, cuda, cuda:1, ... (default: auto; under torchrun each process uses its LOCAL_RANK GPU)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cores - 1)")
@@ -390,7 +402,7 @@ def cmd_score(args) -> int:
 
     import torch
 
-    from .registry import create_model, model_info
+    from .registry import DEFAULT_MODEL, create_model, model_from_weights, model_info, trained_weights_card
     from .inputs import check_inputs, count_inputs, expand_input, is_archive, iter_image_paths
     from .runtime import torchrun_env
     from .scoring import rank_output_path, score_paths
@@ -404,6 +416,9 @@ def cmd_score(args) -> int:
     if args.maps and any(is_archive(p) for item in args.inputs for p in expand_input(item)):
         raise ValueError("--maps cannot read images inside archives (.tar, .tar.gz, .tgz, .zip); extract them "
                          "or score without --maps")
+    # --weights of a model pyica trained (a card beside it): the card says what to build and names the rows
+    trained = trained_weights_card(args.weights) if args.weights else None
+    requested, args.model = args.model, (trained["name"] if trained else args.model) or DEFAULT_MODEL
     rank, world, local_rank, local_world = torchrun_env()
     shard_i, shard_n = args.shard or (0, 1)
     if world > 1:
@@ -422,8 +437,12 @@ def cmd_score(args) -> int:
                          identity=_score_identity(args), reads=_files_read(args.inputs), wait=args.wait)
     finished = False
     try:
-        model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}),
-                             **({"allow_unverified": True} if args.allow_unverified_weights else {}))
+        if trained:
+            model = model_from_weights(args.weights, device=args.device, expect=requested,
+                                       allow_unverified=args.allow_unverified_weights)
+        else:
+            model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}),
+                                 **({"allow_unverified": True} if args.allow_unverified_weights else {}))
         if writer.done and not args.quiet:
             log.info("resuming: %d inputs already in %s", len(writer.done), args.output)
         # Positions in the input stream: --shard I/N keeps p % N == I, then rank r of w keeps every w-th of
@@ -513,7 +532,9 @@ def cmd_score(args) -> int:
         meta = {
             "command": " ".join(["pyica", *map(text_safe, args.argv)]),
             "model": args.model,
-            "model_info": model_info(args.model),
+            "model_info": model_info(args.model) if not trained else {
+                "name": args.model, "kind": "learned", "description": trained.get("description"),
+                "score_range": (trained.get("score") or {}).get("range"), "weights": str(args.weights), "card": trained},
             **_environment(model.device),
             "precision": args.precision,
             "batch_size": args.batch_size,
@@ -631,11 +652,21 @@ def _main_rank() -> bool:
 
 
 def cmd_train(args) -> int:
+    if args.list:
+        from .training.config import list_configs
+
+        configs = list_configs()
+        width = max((len(n) for n, _ in configs), default=4) + 2
+        for name, description in configs:
+            print(f"{name:<{width}}{description}")
+        return 0
+    if not args.config:
+        raise ValueError("pyica train needs a CONFIG: a packaged config's name (`pyica train --list`) or a config file")
     from .training.trainers import TrainOptions, train_config
 
     result = train_config(args.config, TrainOptions(
-        root=args.root, output_dir=args.output_dir, evaluate=args.evaluate, verify=args.verify, device=args.device,
-        num_workers=args.workers, progress=not args.quiet, resume=args.resume))
+        root=args.root, output_dir=args.output_dir, name=args.name, evaluate=args.evaluate, verify=args.verify,
+        device=args.device, num_workers=args.workers, progress=not args.quiet, resume=args.resume))
     if not _main_rank():  # under torchrun only rank 0 reports
         return 0 if not args.verify or result["reproduced"] else 1
     if args.verify:

@@ -21,6 +21,8 @@ __all__ = [
     "get_entry",
     "model_info",
     "create_model",
+    "model_from_weights",
+    "trained_weights_card",
     "DEFAULT_MODEL",
 ]
 
@@ -151,4 +153,73 @@ def create_model(name: str, device: str | None = "cpu", *, allow_unverified: boo
     model.name = entry.name
     model.lower_better = entry.lower_better
     model.score_range = entry.score_range
+    return model.to(resolve_device(device)).eval()
+
+
+# --- a model from a trained weights file and its card ---------------------------------------------------
+
+#: The architecture a card names -> the module whose models it describes (the registered builders live there).
+_ARCHITECTURE_MODULES = {"effnet_ridge": "pyica.models.effnet_ridge", "cmssa": "pyica.models.cmssa",
+                         "icnet": "pyica.models.icnet", "clicv2_probe": "pyica.models.clicv2_probe"}
+
+
+def trained_weights_card(path) -> dict | None:
+    """The card of a pyica weights file (``NAME.safetensors`` with ``NAME.json`` beside it) whose
+    architecture :func:`model_from_weights` can build, else ``None`` (no card: third-party weights such
+    as ICNet's ``ck.pth``, which only a named model loads). The card is read, not yet verified."""
+    from pathlib import Path
+
+    from .weights import card_path_of, read_card
+
+    path = Path(path)
+    if path.suffix != ".safetensors" or not card_path_of(path).is_file():
+        return None
+    card = read_card(path)
+    return card if card["architecture"]["name"] in _ARCHITECTURE_MODULES else None
+
+
+def model_from_weights(path, device: str | None = "cpu", *, allow_unverified: bool = False,
+                       expect: str | None = None):
+    """The model a trained weights file describes (``pyica score --weights runs/x/NAME.safetensors``): the
+    architecture its card names, rebuilt from the card's arguments, with the file's tensors loaded through
+    :func:`pyica.weights.load_weights` (sha256 checked, as every load), named after the card (``NAME``,
+    e.g. what ``pyica train --name`` chose), in eval mode on ``device``.
+
+    ``expect``: a registered model name the caller asked for (``-m``); weights of another architecture
+    are refused instead of being scored under that name."""
+    from pathlib import Path
+
+    from .runtime import resolve_device
+    from .weights import WeightsError, card_path_of, read_card
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    if not card_path_of(path).is_file():
+        raise WeightsError(f"{path}: no card {card_path_of(path).name} beside it; a pyica weights file has one")
+    card = read_card(path)
+    arch = card["architecture"]["name"]
+    if arch not in _ARCHITECTURE_MODULES:
+        raise WeightsError(f"{card_path_of(path)}: architecture {arch!r} is not a scorer pyica can build "
+                           f"(known: {', '.join(sorted(_ARCHITECTURE_MODULES))})")
+    if expect is not None:
+        family = get_entry(expect).builder.__module__
+        if family != _ARCHITECTURE_MODULES[arch]:
+            raise WeightsError(f"{path}: weights of architecture {arch}, not of {expect} ({family.rsplit('.', 1)[-1]}); "
+                               "leave out -m to score with the model the card describes")
+    # the model modules import this one: reached by name, as _ensure_loaded does, so no import cycle
+    module = importlib.import_module(_ARCHITECTURE_MODULES[arch])
+    if arch == "effnet_ridge":
+        arguments = dict(card["architecture"]["arguments"])
+        views = tuple(module.View(**v) for v in arguments.pop("views"))
+        model = module.EffNetRidge(module.EffNetRidgeConfig(views, **arguments))
+        model = model.load_head(path, allow_unverified=allow_unverified)
+        model.card = card
+    else:
+        load = {"cmssa": "load_cmssa", "icnet": "load_icnet", "clicv2_probe": "load_probe"}[arch]
+        model = getattr(module, load)(path, allow_unverified=allow_unverified)
+    score = card.get("score") or {}
+    model.name = card["name"]
+    model.lower_better = score.get("higher") == "less complex"
+    model.score_range = tuple(score["range"]) if score.get("range") else getattr(model, "score_range", None)
     return model.to(resolve_device(device)).eval()

@@ -1,6 +1,16 @@
 """What a ``pyica train`` config is and what a method gives ``pyica train``: the config schema
-(:class:`TrainConfig`), the command line's additions (:class:`TrainOptions`) and a method's entry points
-(:class:`Method`). Below :mod:`pyica.training.trainers` and the method modules, which both import it."""
+(:class:`TrainConfig`), the packaged configs (:func:`packaged_configs`, :func:`resolve_config`), where a
+named dataset is found (:func:`default_root`), the command line's additions (:class:`TrainOptions`) and a
+method's entry points (:class:`Method`). Below :mod:`pyica.training.trainers` and the method modules, which
+both import it.
+
+The training configs ship inside the package (``pyica/configs/``), named by their path there without
+``.json``: ``effnet_lite0_within.savoias``, ``cmssa/cmssa_offline.savoias``. ``pyica train`` takes such a
+name, its file name alone when that is unique (``cmssa_offline.savoias``), or a path to any config file.
+A path ``configs/NAME.json`` that does not exist is read as the packaged ``NAME`` (where the configs lived
+before they were packaged). Packaged configs name no ``root`` and no ``output_dir``: the dataset is found
+through ``--root`` or ``$PYICA_DATA/<dataset>``, and a run writes to ``runs/NAME-DATE/`` in the working
+directory (never into the installed package)."""
 
 from __future__ import annotations
 
@@ -13,7 +23,11 @@ from typing import Annotated, Any, Callable, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 __all__ = ["TrainConfig", "EvaluationConfig", "TrainOptions", "Method", "read_json_config", "load_config",
-           "section_from", "schema_error", "check_types", "METHOD_SECTIONS"]
+           "section_from", "schema_error", "check_types", "METHOD_SECTIONS", "packaged_configs", "list_configs",
+           "resolve_config", "default_root", "DATA_ENV"]
+
+#: The environment variable naming the folder that holds named datasets (``$PYICA_DATA/savoias``).
+DATA_ENV = "PYICA_DATA"
 
 
 class EvaluationConfig(BaseModel):
@@ -133,11 +147,77 @@ def schema_error(path: str | os.PathLike, err: ValidationError) -> ValueError:
     return ValueError(f"{path}: {problems}")
 
 
+# --- packaged configs -----------------------------------------------------------------------------------
+
+def _configs_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("pyica") / "configs"))
+
+
+def packaged_configs() -> dict[str, Path]:
+    """The configs that ship in the package: ``{name: file}``, the name being the file's path under
+    ``pyica/configs/`` without ``.json`` (``cmssa/cmssa_offline.savoias``), sorted."""
+    root = _configs_dir()
+    files = root.rglob("*.json") if root.is_dir() else []
+    return dict(sorted((f.relative_to(root).as_posix()[: -len(".json")], f) for f in files))
+
+
+def _summary(raw: dict) -> str:
+    """One line describing a config: its note's first sentence (else the model it trains)."""
+    note = " ".join(str(raw.get("note") or "").split())
+    if note:
+        import re
+
+        end = re.search(r"\.\s+(?=[A-Z])", note)  # the first sentence ("Sec. 4.2" does not end one)
+        note = note[: end.start() + 1] if end else note
+        return note if len(note) <= 120 else note[:117].rsplit(" ", 1)[0] + "..."
+    return f"trains {raw.get('model')} on {raw.get('dataset')} (method {raw.get('method', 'ridge')})"
+
+
+def list_configs() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` of every packaged config (``pyica train --list``)."""
+    return [(name, _summary(read_json_config(path))) for name, path in packaged_configs().items()]
+
+
+def resolve_config(spec: str | os.PathLike) -> Path:
+    """The config file ``spec`` names: an existing path, a packaged config's name (with or without
+    ``.json``; its file name alone when unique), or a missing ``configs/NAME.json`` read as packaged ``NAME``."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    text = path.as_posix()
+    name = text[len("configs/"):] if text.startswith("configs/") else text
+    name = name[: -len(".json")] if name.endswith(".json") else name
+    configs = packaged_configs()
+    if name in configs:
+        return configs[name]
+    by_stem = [n for n in configs if n.rsplit("/", 1)[-1] == name]
+    if len(by_stem) == 1:
+        return configs[by_stem[0]]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(configs), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise FileNotFoundError(f"{spec}: config not found: no such file, nor a packaged config "
+                            f"(`pyica train --list` lists them){hint}")
+
+
+def default_root(dataset: str) -> str | None:
+    """Where a named dataset lies when neither ``--root`` nor the config says: ``$PYICA_DATA/<dataset>``
+    (``None`` when the variable is unset or the dataset is a path)."""
+    base = os.environ.get(DATA_ENV)
+    if not base or os.sep in dataset or "/" in dataset or Path(dataset).suffix:
+        return None
+    return str(Path(base) / dataset.lower())
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a training config; ``root``, ``output_dir``, ``pretrained_backbone`` and a
-    dataset given as a path are resolved against the config's folder. Returns it as a dict with the
-    evaluation block complete (``None`` when switched off), ``tolerance`` and ``config_file``."""
-    path = Path(path)
+    """Read and validate a training config (a path or a packaged config's name, :func:`resolve_config`);
+    ``root``, ``output_dir``, ``pretrained_backbone`` and a dataset given as a path are resolved against
+    the config's folder. Returns it as a dict with the evaluation block complete (``None`` when switched
+    off), ``tolerance``, ``config_file`` and ``config_name`` (the packaged name, or ``None``)."""
+    path = resolve_config(path)
     try:
         parsed = TrainConfig.model_validate(read_json_config(path))
     except ValidationError as err:
@@ -157,6 +237,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     config["evaluation"] = parsed.evaluation.model_dump() if parsed.evaluation else None
     config["tolerance"] = parsed.tolerance
     config["config_file"] = path.name
+    config["config_name"] = next((n for n, f in packaged_configs().items() if f.resolve() == path.resolve()), None)
     return config
 
 
@@ -208,7 +289,8 @@ class TrainOptions:
     """What the command line adds to a config."""
 
     root: str | None = None
-    output_dir: str | None = None
+    output_dir: str | None = None  # default: runs/NAME-DATE/ in the working directory
+    name: str | None = None  # the trained model's name (card name, file stem); default: the config's model
     evaluate: bool = True
     verify: bool = False
     device: str = "auto"

