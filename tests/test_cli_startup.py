@@ -76,6 +76,14 @@ def test_building_a_model_imports_its_module_only_then():
     assert "torch" in _imported(result)
 
 
+
+def test_scoring_with_the_default_model_imports_no_scipy_nor_transformers():
+    image = Path(__file__).resolve().parents[1] / "examples" / "images" / "cluttered_shapes.jpg"
+    result = _run_fresh(f"from pyica.cli import main\nassert main(['score', {str(image)!r}, '-q']) == 0")
+    assert "effnet_lite0_within.savoias" in result.stdout
+    imported = _imported(result)
+    assert "torch" in imported and not imported & {"scipy", "transformers", "sklearn", "pandas", "matplotlib"}
+
 # --- the catalog and the registry agree with the model code --------------------------------------------
 
 
@@ -162,3 +170,35 @@ def test_a_builder_named_by_a_string_is_imported_when_first_built(scratch_regist
     register_model("test_startup.missing", description="missing", kind="classic")("pyica.models.classic:nope")
     with pytest.raises(ImportError, match="pyica.models.classic:nope"):
         create_model("test_startup.missing")
+
+
+# --- DataLoader workers only where they can help ----------------------------------------------------------
+
+
+def _pid_of_loader(_image):
+    return os.getpid()
+
+
+@pytest.mark.parametrize("count, stream", [(1, True), (4, True), (4, False), (5, True), (5, False), (11, True)])
+def test_inputs_that_fit_in_one_batch_load_in_this_process(tmp_path, monkeypatch, count, stream):
+    """A batch is loaded by one worker, so when every input fits in one batch (the usual `pyica score
+    one.jpg`) the default is no worker process; more inputs get the default workers, none is lost."""
+    from PIL import Image
+
+    from pyica import inputs
+
+    monkeypatch.setattr(inputs, "default_num_workers", lambda: 1)
+    paths = []
+    for i in range(count):
+        Image.new("RGB", (4, 4), (i, 0, 0)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    given = (p for p in paths) if stream else list(paths)
+    batches = list(inputs.iter_loaded(given, _pid_of_loader, list, batch_size=4, num_workers=None, max_pixels=None,
+                                      pin_memory=False))
+    assert [p for _, keys, _, _ in batches for p in keys] == paths  # every input once, in order
+    assert [i for indices, _, _, _ in batches for i in indices] == list(range(count))
+    pids = {pid for _, _, batch, _ in batches for pid in batch}
+    assert (pids == {os.getpid()}) == (count <= 4)
+    explicit = list(inputs.iter_loaded(paths[:2], _pid_of_loader, list, batch_size=4, num_workers=1, max_pixels=None,
+                                       pin_memory=False))
+    assert os.getpid() not in explicit[0][2]  # --workers given: used as given
