@@ -16,8 +16,18 @@ ships (no dataset needed; cached in a temp folder, never in the repository):
 Writes ``benchmarks/results/speed.csv`` (one row per model; rerunning some models replaces only their
 rows) and the docs/benchmarks.md table between the ``speed`` markers (skipped with a warning if they are missing).
 
+Start-up (``--startup-only``, or after the rates unless ``--no-startup``): the wall clock of short commands
+as subprocesses, the median of ``--startup-runs`` runs taken in turns after one untimed run of each:
+``python -c "import numpy, PIL"`` (the yardstick), ``pyica --version``, ``pyica list``, ``pyica info
+DEFAULT`` and, per model, ``pyica score ONE.jpg -m MODEL`` (time to the first score: start-up, model
+build, loading and one forward). ``--src`` picks the pyica sources the subprocesses import, so another
+checkout is measured by the same script. Writes ``benchmarks/results/startup.csv`` (rows of the same
+``--label`` and command are replaced) and the table between the ``startup`` markers of docs/benchmarks.md.
+
     python -m benchmarks.speed                                    # default model + every learned model
     python -m benchmarks.speed -m compression_ratio_jpeg edge_density --images 64
+    python -m benchmarks.speed --startup-only                     # start-up and time to the first score
+    python -m benchmarks.speed --startup-only --src ../main/src --label before --no-doc
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -49,6 +60,8 @@ from pyica.runtime import default_num_workers
 COLUMNS = ["model", "images", "image_seed", "batch_size", "workers", "e2e_images_per_s",
            "scoring_loop_images_per_s", "model_only_images_per_s", "ratio_loop_to_model", "params",
            "gflops_per_image", "torch_threads", "machine", "pyica_version", "date", "note"]
+STARTUP_COLUMNS = ["command", "model", "runs", "median_s", "min_s", "max_s", "x_numpy_pil", "label", "code",
+                   "machine", "pyica_version", "date"]
 SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 
 
@@ -73,6 +86,14 @@ def parse_args(argv=None):
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the CLI warm-up run on a few images (it fills the OS file cache)")
     p.add_argument("--out", type=Path, default=RESULTS / "speed.csv", help="tidy results CSV")
+    p.add_argument("--startup-only", action="store_true", help="measure only start-up and time to the first score")
+    p.add_argument("--no-startup", action="store_true", help="measure only the scoring rates")
+    p.add_argument("--startup-runs", type=int, default=7, help="timed runs of each start-up command (default 7)")
+    p.add_argument("--src", type=Path, default=Path(pyica.__file__).resolve().parents[1],
+                   help="the folder holding the pyica package the start-up subprocesses import "
+                        "(default: the one this script imports)")
+    p.add_argument("--label", default="", help="a word for the start-up rows, e.g. before/after")
+    p.add_argument("--startup-out", type=Path, default=RESULTS / "startup.csv", help="start-up results CSV")
     p.add_argument("--no-doc", "--no-readme", action="store_true",
                    help="do not rewrite the table in docs/benchmarks.md")
     return p.parse_args(argv)
@@ -163,6 +184,91 @@ def benchmark(name: str, folder: Path, args, machine: str) -> dict:
     return {c: row[c] for c in COLUMNS}
 
 
+def _code_of(src: Path) -> str:
+    """The git commit of the checkout holding ``src`` (``+`` when it has uncommitted changes), or the folder."""
+    def git(*cmd):
+        return subprocess.run(["git", "-C", str(src), *cmd], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    return f"{commit}{'+' if git('status', '--porcelain', '--', '.') else ''}" if commit else str(src)
+
+
+def startup_commands(models: list[str], image: str, device: str) -> list[tuple[str, str, list[str]]]:
+    """``(command as shown, model, argv)`` of every start-up measurement; the first is the yardstick."""
+    py = [sys.executable]
+    commands = [("python -c 'import numpy, PIL'", "", py + ["-c", "import numpy, PIL"]),
+                ("pyica --version", "", py + ["-m", "pyica", "--version"]),
+                ("pyica list", "", py + ["-m", "pyica", "list"]),
+                ("pyica info MODEL", pyica.DEFAULT_MODEL, py + ["-m", "pyica", "info", pyica.DEFAULT_MODEL])]
+    for name in models:
+        commands.append(("pyica score ONE.jpg -m MODEL", name,
+                         py + ["-m", "pyica", "score", image, "-m", name, "--device", device]))
+    return commands
+
+
+def measure_startup(models: list[str], image: str, args, machine: str) -> list[dict]:
+    """Median wall clock of each start-up command, as subprocesses importing pyica from ``args.src``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(args.src.resolve()),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    commands = startup_commands(models, image, args.device)
+    where = subprocess.run([sys.executable, "-c", "import pyica; print(pyica.__file__)"], capture_output=True,
+                           text=True, env=env, cwd=tempfile.gettempdir()).stdout.strip()
+    if not Path(where).resolve().is_relative_to(args.src.resolve()):
+        raise SystemExit(f"the subprocesses import pyica from {where or '(nowhere)'}, not from --src {args.src}")
+
+    def run(argv: list[str]) -> float:
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tempfile.gettempdir())
+        seconds = time.perf_counter() - t0
+        if proc.returncode:
+            raise SystemExit(f"`{' '.join(argv)}` failed ({proc.returncode}):\n{proc.stderr}")
+        return seconds
+
+    for _, _, argv in commands:  # untimed: fills the OS file cache
+        run(argv)
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(args.startup_runs):  # in turns, so a noisy minute spreads over every command
+        for i, (_, _, argv) in enumerate(commands):
+            times[i].append(run(argv))
+    yardstick = statistics.median(times[0])
+    code, today = _code_of(args.src), date.today().isoformat()
+    return [{"command": shown, "model": model, "runs": len(t), "median_s": round(statistics.median(t), 3),
+             "min_s": round(min(t), 3), "max_s": round(max(t), 3),
+             "x_numpy_pil": round(statistics.median(t) / yardstick, 2), "label": args.label, "code": code,
+             "machine": machine, "pyica_version": pyica.__version__, "date": today}
+            for (shown, model, _), t in zip(commands, times)]
+
+
+def startup_table(rows: list[dict]) -> str:
+    machines = "; ".join(dict.fromkeys(r["machine"] for r in rows))
+    shown = [{**r, "code": f"{r['code']} ({r['label']})" if r["label"] else r["code"]} for r in rows]
+    return "\n".join([
+        f"Wall clock of each command as a subprocess, median of {', '.join(sorted({str(r['runs']) for r in rows}))} "
+        f"runs taken in turns, on {machines}; `x_numpy_pil` = the median over that of "
+        "`python -c 'import numpy, PIL'` in the same run. `pyica score ONE.jpg` is the time to the first score "
+        "(one 512-px JPEG: start-up, model build, loading, one forward, the CSV row).", "",
+        format_markdown_table(shown, columns=["command", "model", "median_s", "min_s", "max_s", "x_numpy_pil", "code"],
+                              floatfmt=".2f")])
+
+
+def run_startup(names: list[str], args, machine: str) -> None:
+    folder = make_images(args.work_dir, 8, args.seed)
+    image = str(sorted(folder.glob("*.jpg"))[0])
+    print(f"start-up of pyica from {args.src} ({_code_of(args.src)}); first score of {image}", flush=True)
+    new = measure_startup(names, image, args, machine)
+    keep = [r for r in (read_rows(args.startup_out) if args.startup_out.exists() else [])
+            if (r["label"], r["command"], r["model"]) not in {(n["label"], n["command"], n["model"]) for n in new}]
+    rows = keep + new
+    write_results_csv(rows, args.startup_out)
+    print("\n" + format_table(new, columns=STARTUP_COLUMNS[:8], floatfmt=".3f"))
+    if not args.no_doc:
+        if "<!-- startup:start -->" in DOC.read_text():
+            update_doc_section("startup", startup_table(rows))
+        else:
+            print(f"warning: no <!-- startup:start/end --> markers in {DOC}; not updated", file=sys.stderr)
+    print(f"\nwrote {args.startup_out}")
+
+
 def read_rows(path: Path) -> list[dict]:
     def number(text: str):
         for parse in (int, float):
@@ -202,6 +308,9 @@ def main(argv=None) -> None:
         except KeyError as err:
             raise SystemExit(err.args[0]) from None
     machine = machine_description()
+    if args.startup_only:
+        run_startup(args.models or [pyica.DEFAULT_MODEL], args, machine)
+        return
     folder = make_images(args.work_dir, args.images, args.seed)
     print(f"{args.images} images (seed {args.seed}) in {folder}; models: {', '.join(names)}\n"
           f"machine: {machine}; torch threads: {torch.get_num_threads()}", flush=True)
@@ -226,6 +335,8 @@ def main(argv=None) -> None:
         else:
             print(f"warning: no <!-- speed:start/end --> markers in {DOC}; not updated", file=sys.stderr)
     print(f"\nwrote {args.out}")
+    if not args.no_startup:
+        run_startup(args.models or [pyica.DEFAULT_MODEL], args, machine)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
-from .loading import ImageLoadError, load_image
+# The registry is plain Python (models are declared as data, built lazily); numpy, PIL and torch are
+# imported only when something needs them, so `import pyica` and `pyica list` stay cheap.
 from .registry import DEFAULT_MODEL, create_model, list_models, model_info
 from .version import __version__
 
@@ -32,6 +33,23 @@ __all__ = [
     "model_info",
     "score",
 ]
+
+
+_LAZY = {"ImageLoadError": "loading", "load_image": "loading"}  # name -> submodule, imported on first use
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def create_metric(name: str = DEFAULT_MODEL, device: str | None = "auto", **kwargs: Any):

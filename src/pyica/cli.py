@@ -56,7 +56,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_count(1), default=32, help="images per forward pass (default: 32)")
     p.add_argument("--workers", type=_count(0), default=None,
                    help="DataLoader worker processes that decode and preprocess images "
-                        "(default: one per spare CPU core, at most 8; 0 = load in the main process)")
+                        "(default: one per spare CPU core, at most 8, none when the inputs fit in one batch; "
+                        "0 = load in the main process)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="autocast precision for learned models on GPU (default: fp32)")
     p.add_argument("--max-pixels", type=_count(1), default=None,

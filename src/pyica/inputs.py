@@ -38,6 +38,7 @@ import errno
 import glob
 import gzip
 import io
+import itertools
 import logging
 import lzma
 import os
@@ -769,8 +770,19 @@ class _CollateWithErrors:
 
 def iter_loaded(paths: Iterable[str], transform: Callable, collate: Callable, *, batch_size: int,
                 num_workers: int | None, max_pixels: int | None, pin_memory: bool):
-    """``(indices, paths, batch, errors)`` per batch, ``errors`` as ``(position, path, message)``."""
-    workers = default_num_workers() if num_workers is None else num_workers
+    """``(indices, paths, batch, errors)`` per batch, ``errors`` as ``(position, path, message)``.
+
+    ``num_workers=None``: :func:`~pyica.runtime.default_num_workers`, or none when all the inputs fit in
+    one batch: a batch is loaded by one worker, so for a single batch a worker only adds its start-up."""
+    workers = num_workers
+    if workers is None:
+        if hasattr(paths, "__len__"):
+            count = len(paths)
+        else:  # a stream: look at most one batch and one input ahead
+            paths = iter(paths)
+            head = list(itertools.islice(paths, batch_size + 1))
+            count, paths = len(head), itertools.chain(head, paths)
+        workers = default_num_workers() if count > batch_size else 0
     dataset = _ImageFiles(transform, max_pixels)
     loader = DataLoader(
         dataset,

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
+import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,10 +32,36 @@ __all__ = [
 #: The model `pyica score` uses when none is named.
 DEFAULT_MODEL = "effnet_lite0_within.savoias"
 
-# Modules that register models when imported. Heavy ones import their own dependencies lazily,
-# inside the builder, so listing models stays cheap.
-_MODEL_MODULES = ("pyica.models.classic", "pyica.models.effnet_ridge", "pyica.models.cmssa",
-                  "pyica.models.clicv2_probe", "pyica.models.icnet")
+
+class LazyBuilder:
+    """A builder named ``"module:function"``, imported on first use and called as ``function(name, **kwargs)``.
+
+    Declaring builders this way keeps the registry free of torch: listing models, reading their metadata
+    and cards import no model code. :func:`inspect.signature` sees the function's keyword arguments."""
+
+    def __init__(self, target: str, name: str):
+        module, sep, function = target.partition(":")
+        if not (module and sep and function):
+            raise ValueError(f"a builder must be a callable or 'module:function', not {target!r}")
+        self.target, self.name = target, name
+
+    @functools.cached_property
+    def function(self) -> Callable[..., Any]:
+        module, _, function = self.target.partition(":")
+        found = getattr(importlib.import_module(module), function, None)
+        if not callable(found):  # not AttributeError: inspect.signature would swallow it
+            raise ImportError(f"builder {self.target!r} of model {self.name!r} is not a function of {module}")
+        return functools.partial(found, self.name)
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.function(**kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.function)
+
+    def __repr__(self) -> str:
+        return f"LazyBuilder({self.target!r}, {self.name!r})"
 
 
 @dataclass(frozen=True)
@@ -46,7 +75,17 @@ class ModelEntry:
     reference: str = ""
     extras: tuple[str, ...] = ()  # pip extras this model needs beyond the core install
     needs_weights: bool = False  # ships no weights: build it with weights=PATH (your own training)
-    card: dict = field(default_factory=dict)  # weights card (architecture, data, metrics, sha256)
+    # the weights card (architecture, data, metrics, sha256), or the file it is read from on first use
+    card_source: dict | str | os.PathLike = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def card(self) -> dict:
+        """The weights card: architecture, preprocessing, data, metrics, sha256 (``{}`` when none)."""
+        if isinstance(self.card_source, dict):
+            return self.card_source
+        from .weights import read_card  # validated, older layouts upgraded; imports no torch
+
+        return read_card(self.card_source)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -62,26 +101,31 @@ def register_model(
     lower_better: bool = False,
     reference: str = "",
     extras: tuple[str, ...] = (),
-    card: dict | None = None,
+    card: dict | str | os.PathLike | None = None,
     needs_weights: bool = False,
 ) -> Callable:
-    """Decorator registering ``builder(**kwargs) -> ComplexityModel`` under ``name``."""
+    """Decorator registering ``builder(**kwargs) -> ComplexityModel`` under ``name``.
+
+    ``builder`` may also be a string ``"module:function"``: the module is imported when the model is
+    first built, and ``function(name, **kwargs)`` builds it. ``card`` is a dict or the path of a card
+    file, read when the card is first asked for."""
     if kind not in ("classic", "learned"):
         raise ValueError(f"kind must be 'classic' or 'learned', not {kind!r}")
 
-    def decorator(builder: Callable) -> Callable:
+    def decorator(builder: Callable | str) -> Callable | str:
+        _ensure_loaded()  # a name taken by a built-in model is refused whenever it is registered
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = ModelEntry(
             name=name,
-            builder=builder,
+            builder=LazyBuilder(builder, name) if isinstance(builder, str) else builder,
             description=description,
             kind=kind,
             score_range=score_range,
             lower_better=lower_better,
             reference=reference,
             extras=tuple(extras),
-            card=dict(card or {}),
+            card_source=dict(card) if isinstance(card, dict) else ({} if card is None else card),
             needs_weights=needs_weights,
         )
         return builder
@@ -90,11 +134,17 @@ def register_model(
 
 
 def _ensure_loaded() -> None:
+    """Register the models pyica ships (:mod:`pyica.models.catalog`: data only, no model code imported)."""
     global _loaded
     if not _loaded:
         _loaded = True
-        for module in _MODEL_MODULES:
-            importlib.import_module(module)
+        from .models.catalog import MODELS, SHIPPED_WEIGHTS
+
+        for spec in MODELS:
+            spec = dict(spec)
+            name, builder = spec.pop("name"), spec.pop("builder")
+            card_file = SHIPPED_WEIGHTS / f"{name}.json"
+            register_model(name, card=card_file if card_file.is_file() else None, **spec)(builder)
 
 
 def list_models(pattern: str | None = None, kind: str | None = None) -> list[str]:
@@ -142,8 +192,6 @@ def create_model(name: str, device: str | None = "cpu", *, allow_unverified: boo
     Weights are loaded through :func:`pyica.weights.load_weights`, which refuses a card that records no
     sha256; ``allow_unverified=True`` accepts such weights (with a warning). It has no effect on a model
     that loads no weights (a classic measure)."""
-    import inspect
-
     from .runtime import resolve_device
 
     entry = get_entry(name)

@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .version import __version__
@@ -196,6 +195,8 @@ def load_weights(path: str | os.PathLike, *, allow_unverified: bool = False
 
 
 def _kind(dtype: torch.dtype) -> str:
+    import torch
+
     if dtype.is_complex:
         return "complex"
     if dtype.is_floating_point:
@@ -206,6 +207,8 @@ def _kind(dtype: torch.dtype) -> str:
 def check_finite(tensors: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
     """Refuse (:class:`WeightsError`, naming ``source`` and the tensor) a floating-point or complex
     tensor holding NaN or Inf: such weights score NaN."""
+    import torch
+
     for name, tensor in tensors.items():
         if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():
             bad = int((~torch.isfinite(tensor)).sum())

@@ -38,13 +38,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from ..registry import register_model
 from .base import ComplexityModel, list_collate
 
 __all__ = [
     "DEFAULT_MAX_SIDE",
     "ClassicTransform",
     "ClassicMeasure",
+    "build_measure",
     "MEASURES",
     "canny_edges",
     "FEATURE_NAMES",
@@ -477,29 +477,6 @@ class ClassicMeasure(ComplexityModel):
         return f"measure={self.measure.__name__}, transform={self.transform!r}"
 
 
-def _register(measure: Callable[[np.ndarray], float], description: str, reference: str,
-              score_range: tuple[float, float] | None = None) -> None:
-    def build(max_side: int = DEFAULT_MAX_SIDE) -> ClassicMeasure:
-        return ClassicMeasure(measure, max_side=max_side)
-
-    build.__doc__ = f"Build the classic measure {measure.__name__!r} (longest side <= max_side px)."
-    register_model(measure.__name__, description=description, kind="classic", score_range=score_range,
-                   reference=reference)(build)
-
-
-_MACHADO = "Machado et al., Acta Psychologica 2015"
-_CORCHS = "Corchs et al., PLoS ONE 2016"
-_register(compression_ratio_jpeg, "JPEG (q75, 4:2:0) size beyond a flat image's / raw size", f"{_MACHADO}; {_CORCHS}")
-_register(compression_ratio_png, "lossless PNG (zlib level 1) size beyond a flat image's / raw size",
-          f"{_MACHADO}; {_CORCHS}")
-_register(edge_density, "fraction of Canny edge pixels (sigma 1, thresholds 10%/20%)",
-          f"Canny, IEEE TPAMI 1986; {_MACHADO}; {_CORCHS}", score_range=(0.0, 1.0))
-_register(entropy, "Shannon entropy of the grey-level histogram (bits)",
-          "Shannon 1948; Rigau, Feixas & Sbert, Computational Aesthetics 2005", score_range=(0.0, 8.0))
-_register(spatial_information, "mean Sobel gradient magnitude of the luma (SI_mean)",
-          "Yu & Winkler, QoMEX 2013; ITU-T P.910")
-_register(colorfulness, "Hasler & Suesstrunk colourfulness", "Hasler & Suesstrunk, SPIE 5007, 2003")
-_register(multiscale_gradient, "mean Sobel gradient magnitude averaged over a 4-level pyramid",
-          "multi-scale extension of SI_mean (Yu & Winkler, QoMEX 2013)")
-_register(unique_colors, "fraction of distinct 5-bit colours, averaged over 3 scales", _CORCHS,
-          score_range=(0.0, 1.0))
+def build_measure(name: str, max_side: int = DEFAULT_MAX_SIDE) -> ClassicMeasure:
+    """The classic measure ``name`` (longest side <= max_side px); registered in :mod:`pyica.models.catalog`."""
+    return ClassicMeasure(MEASURES[name], max_side=max_side)

