@@ -57,6 +57,11 @@ class LazyBuilder:
         return self.function(**kwargs)
 
     @property
+    def module(self) -> str:
+        """The module that holds the function (known without importing it)."""
+        return self.target.partition(":")[0]
+
+    @property
     def __signature__(self) -> inspect.Signature:
         return inspect.signature(self.function)
 
@@ -251,7 +256,8 @@ def model_from_weights(path, device: str | None = "cpu", *, allow_unverified: bo
         raise WeightsError(f"{card_path_of(path)}: architecture {arch!r} is not a scorer pyica can build "
                            f"(known: {', '.join(sorted(_ARCHITECTURE_MODULES))})")
     if expect is not None:
-        family = get_entry(expect).builder.__module__
+        builder = get_entry(expect).builder
+        family = builder.module if isinstance(builder, LazyBuilder) else builder.__module__
         if family != _ARCHITECTURE_MODULES[arch]:
             raise WeightsError(f"{path}: weights of architecture {arch}, not of {expect} ({family.rsplit('.', 1)[-1]}); "
                                "leave out -m to score with the model the card describes")
