@@ -357,7 +357,7 @@ def test_rows_of_several_models_need_model(tmp_path, labelled, capsys):
         assert main(["eval", "--pred", str(pred), "--dataset", str(labelled), "-m", model, "-o", str(out)]) == 0
         pooled = next(r for r in csv.DictReader(out.open()) if r["category"] == "pooled")
         results[model] = float(pooled["srcc"])
-        assert pooled["model"] == f"pred.csv ({model})" and int(pooled["n"]) == 8
+        assert pooled["model"] == model and pooled["predictions"] == "pred.csv" and int(pooled["n"]) == 8
     assert results["up"] == pytest.approx(1.0) and results["down"] == pytest.approx(-1.0)
     assert main(["eval", "--pred", str(pred), "--dataset", str(labelled), "-m", "sideways"]) != 0
     _one_line_error(capsys, pred, "no rows of model 'sideways'")

@@ -7,7 +7,9 @@ from scipy import stats
 
 from pyica import metrics
 from pyica.metrics import (
+    MAPPED_METRIC_NAMES,
     METRIC_NAMES,
+    RAW_METRIC_NAMES,
     FittedMapping,
     MetricWarning,
     evaluate,
@@ -25,8 +27,12 @@ def noisy_pair():
 
 
 def test_metric_names_are_the_evaluate_keys_in_a_stable_order():
-    assert METRIC_NAMES == ("srcc", "plcc", "krcc", "rmse", "mae", "rmae_icnet", "rmae_cmssa")
-    assert set(METRIC_NAMES) <= set(evaluate([1, 2, 3, 4], [1, 3, 2, 4]))
+    # what results report: raw correlations, then PLCC and every error after the logistic mapping
+    assert METRIC_NAMES == ("srcc", "plcc", "krcc", "plcc_logistic4", "rmse_logistic4", "mae_logistic4",
+                            "rmae_icnet_logistic4", "rmae_cmssa_logistic4")
+    assert RAW_METRIC_NAMES == ("srcc", "plcc", "krcc", "rmse", "mae", "rmae_icnet", "rmae_cmssa")
+    assert not {"rmse", "mae", "rmae_icnet", "rmae_cmssa"} & set(METRIC_NAMES)  # no raw-unit error is reported
+    assert set(METRIC_NAMES) | set(RAW_METRIC_NAMES) <= set(evaluate([1, 2, 3, 4], [1, 3, 2, 4]))
 
 
 def test_metrics_match_direct_formulas(noisy_pair):
@@ -45,7 +51,7 @@ def test_metrics_match_direct_formulas(noisy_pair):
     for name, value in expected.items():
         assert getattr(metrics, name)(pred, target) == pytest.approx(value, rel=1e-12), name
         assert result[name] == pytest.approx(value, rel=1e-12), name
-    assert result["n"] == 300 and result["n_dropped"] == 0 and result["fit"] == "none"
+    assert result["n"] == 300 and result["n_dropped"] == 0 and result["mapping"] == "logistic4"
     assert "per_category" not in result
 
 
@@ -76,16 +82,38 @@ def test_logistic_fit_recovers_known_parameters():
     assert falling.method == "logistic4" and falling.params == pytest.approx((-5.0, -1.0, 0.5, 0.8), abs=0.05)
 
 
-def test_logistic_fit_improves_plcc_and_never_changes_rank_metrics():
+def test_logistic_mapping_improves_plcc_and_never_changes_rank_metrics():
     rng = np.random.default_rng(2)
     target = rng.uniform(0, 1, 300)
     pred = np.exp(4 * target) + rng.normal(0, 0.5, 300)  # monotone but far from linear
-    raw, fitted = evaluate(pred, target), evaluate(pred, target, fit="logistic4")
-    assert fitted["fit"] == "logistic4"
-    assert fitted["plcc"] > raw["plcc"] + 0.02
-    assert fitted["rmse"] < raw["rmse"]
-    assert fitted["srcc"] == raw["srcc"] and fitted["krcc"] == raw["krcc"]
-    assert evaluate(pred, target, fit="none") == raw
+    result = evaluate(pred, target)
+    assert result["mapping"] == "logistic4"
+    assert result["plcc_logistic4"] > result["plcc"] + 0.02  # plcc is before the mapping, as the ICA papers
+    assert result["rmse_logistic4"] < result["rmse"]
+    assert result["srcc"] == pytest.approx(stats.spearmanr(pred, target).statistic)
+
+
+def test_errors_are_in_the_label_units_after_the_mapping():
+    # A perfect monotone predictor in [0, 1] of labels on a 0-100 scale (the labels a logistic of the
+    # scores): raw RMSE measures the two scales (about 50), the mapped one the model (0).
+    rng = np.random.default_rng(5)
+    pred = rng.uniform(0, 1, 200)
+    target = logistic4(pred, 100.0, 0.0, 0.5, 0.15)
+    result = evaluate(pred, target)
+    assert result["rmse"] > 30
+    assert result["rmse_logistic4"] == pytest.approx(0, abs=1e-3)
+    assert result["mae_logistic4"] == pytest.approx(0, abs=1e-3)
+    assert result["srcc"] == pytest.approx(1.0)
+    assert evaluate(pred + 0.7, target)["rmse_logistic4"] == pytest.approx(0, abs=1e-3)
+    target = rng.uniform(0, 100, 200)
+    # A constant offset (and scale) is removed: scores = label / 100 + 3 have no error in label units.
+    offset = evaluate(target / 100 + 3, target)
+    assert offset["rmse_logistic4"] == pytest.approx(0, abs=1e-3) and offset["rmse"] > 10
+    # Label-unit noise survives the mapping: noise of std 5 gives an RMSE near 5.
+    noisy = evaluate((target + rng.normal(0, 5, 200)) / 100, target)
+    assert 4 < noisy["rmse_logistic4"] < 6
+    assert noisy["rmae_icnet_logistic4"] == pytest.approx(np.sqrt(noisy["mae_logistic4"]))
+    assert noisy["rmae_cmssa_logistic4"] == noisy["mae_logistic4"]
 
 
 def test_logistic_fit_falls_back_to_a_line_and_records_it():
@@ -97,7 +125,7 @@ def test_logistic_fit_falls_back_to_a_line_and_records_it():
     assert fit_logistic4(x[:3], y[:3])(x[:3]) == pytest.approx(y[:3])
     constant = fit_logistic4(np.ones(10), np.arange(10.0))
     assert constant == FittedMapping("constant", (4.5,))
-    assert evaluate(np.ones(10), np.arange(10.0), fit="logistic4")["fit"] == "constant"
+    assert evaluate(np.ones(10), np.arange(10.0))["mapping"] == "constant"
 
 
 def test_nan_and_inf_pairs_are_dropped_and_counted(noisy_pair):
@@ -108,7 +136,7 @@ def test_nan_and_inf_pairs_are_dropped_and_counted(noisy_pair):
     keep = np.isfinite(pred) & np.isfinite(target)
     assert result["n"] == 297 and result["n_dropped"] == 3
     assert result["srcc"] == pytest.approx(stats.spearmanr(pred[keep], target[keep]).statistic)
-    assert all(math.isfinite(result[m]) for m in METRIC_NAMES)
+    assert all(math.isfinite(result[m]) for m in (*METRIC_NAMES, *RAW_METRIC_NAMES))
     with pytest.warns(MetricWarning, match="dropped 3 pairs"):
         assert metrics.rmse(pred, target) == pytest.approx(result["rmse"])
 
@@ -117,7 +145,7 @@ def test_too_few_valid_pairs_gives_nan_with_a_warning():
     with pytest.warns(MetricWarning, match="at least 3"):
         result = evaluate([0.1, 0.2, np.nan], [0.3, 0.1, 0.5])
     assert result["n"] == 2 and result["n_dropped"] == 1
-    assert all(math.isnan(result[m]) for m in METRIC_NAMES)
+    assert all(math.isnan(result[m]) for m in (*METRIC_NAMES, *RAW_METRIC_NAMES))
 
 
 def test_constant_input_gives_nan_correlations_without_warnings():
@@ -130,6 +158,9 @@ def test_constant_input_gives_nan_correlations_without_warnings():
         assert all(math.isnan(result[m]) for m in ("srcc", "plcc", "krcc"))
     assert constant_pred["rmse"] == pytest.approx(np.sqrt(np.mean((3.0 - target) ** 2)))
     assert constant_pred["mae"] == pytest.approx(np.mean(np.abs(3.0 - target)))
+    # mapped, a constant prediction is the target mean: the error is the target's spread
+    assert constant_pred["mapping"] == "constant"
+    assert constant_pred["rmse_logistic4"] == pytest.approx(np.std(target))
 
 
 def test_mismatched_lengths_raise_naming_both():
@@ -139,8 +170,6 @@ def test_mismatched_lengths_raise_naming_both():
         metrics.srcc([1, 2], [1, 2, 3])
     with pytest.raises(ValueError, match="categories has 2 values"):
         evaluate([1, 2, 3], [1, 2, 3], categories=["a", "b"])
-    with pytest.raises(ValueError, match="fit must be"):
-        evaluate([1, 2, 3], [1, 2, 3], fit="logistic5")
 
 
 def test_per_category_metrics_with_mean_and_population_variance():
@@ -155,7 +184,7 @@ def test_per_category_metrics_with_mean_and_population_variance():
     assert art["n"] == 39 and art["n_dropped"] == 1 and result["per_category"]["ads"]["n_dropped"] == 0
     keep = (categories == "art") & np.isfinite(pred)
     assert art["plcc"] == pytest.approx(np.corrcoef(pred[keep], target[keep])[0, 1])
-    for name in METRIC_NAMES:
+    for name in (*METRIC_NAMES, *RAW_METRIC_NAMES):
         per = [result["per_category"][c][name] for c in ("ads", "art", "scenes")]
         assert result["category_mean"][name] == pytest.approx(np.mean(per))
         assert result["category_var"][name] == pytest.approx(np.mean((np.array(per) - np.mean(per)) ** 2))
@@ -178,12 +207,13 @@ def test_fit_per_category_maps_each_category_to_its_own_scale():
     # Same model quality in both categories, but "b" is labelled on a 0-100 scale (as SAVOIAS's per-category scale).
     target = np.where(categories == "a", latent, 100 * latent) + rng.normal(0, 0.01, 120)
     pred = np.exp(2 * latent)
-    shared = evaluate(pred, target, categories=categories, fit="logistic4")
-    separate = evaluate(pred, target, categories=categories, fit="logistic4", fit_per_category=True)
-    assert shared["fit"] == "logistic4" and separate["fit"] == "per_category:logistic4"
-    assert separate["per_category"]["a"]["fit"] == "logistic4"
-    assert separate["plcc"] > shared["plcc"]
-    assert separate["per_category"]["b"]["rmse"] < shared["per_category"]["b"]["rmse"]
+    shared = evaluate(pred, target, categories=categories)
+    separate = evaluate(pred, target, categories=categories, fit_per_category=True)
+    assert shared["mapping"] == "logistic4" and separate["mapping"] == "per_category:logistic4"
+    assert separate["per_category"]["a"]["mapping"] == "logistic4"
+    assert separate["plcc_logistic4"] > shared["plcc_logistic4"]
+    assert separate["per_category"]["b"]["rmse_logistic4"] < shared["per_category"]["b"]["rmse_logistic4"]
+    assert separate["plcc"] == shared["plcc"]  # raw PLCC does not depend on the mapping
     assert separate["srcc"] == shared["srcc"]
 
 
@@ -191,7 +221,7 @@ def test_fit_per_category_skips_a_category_whose_pairs_were_all_dropped():
     categories = ["a"] * 6 + ["b"] * 2
     pred = [0.1, 0.3, 0.2, 0.6, 0.5, 0.9, np.nan, np.nan]
     with pytest.warns(MetricWarning, match="category 'b'"):
-        result = evaluate(pred, np.arange(8.0), categories=categories, fit="logistic4", fit_per_category=True)
+        result = evaluate(pred, np.arange(8.0), categories=categories, fit_per_category=True)
     assert result["per_category"]["b"]["n"] == 0 and result["per_category"]["b"]["n_dropped"] == 2
-    assert result["per_category"]["b"]["fit"] == "none"
-    assert result["fit"] == "per_category:" + result["per_category"]["a"]["fit"]
+    assert result["per_category"]["b"]["mapping"] == "none"
+    assert result["mapping"] == "per_category:" + result["per_category"]["a"]["mapping"]

@@ -8,7 +8,9 @@ from PIL import Image
 
 from pyica.metrics import METRIC_NAMES, evaluate, fit_logistic4
 from pyica.reports import (
+    LEGACY_RESULT_COLUMNS,
     RESULT_COLUMNS,
+    is_results_header,
     format_markdown_table,
     format_table,
     read_results_csv,
@@ -65,10 +67,43 @@ def test_write_results_csv_then_append_round_trips(categorised, tmp_path):
     assert list(tmp_path.joinpath("out").iterdir()) == [path]  # no temporary file left behind
 
     parsed = read_results_csv(path)
-    assert parsed[0]["n"] == 60 and parsed[0]["rmse"] == first[0]["rmse"]
+    assert parsed[0]["n"] == 60 and parsed[0]["rmse_logistic4"] == first[0]["rmse_logistic4"]
+    assert parsed[0]["mapping"] == "logistic4"
 
     write_results_csv(second, path)  # without append: replaced
     assert len(read_results_csv(path)) == len(second)
+
+
+def test_results_rows_report_errors_only_in_label_units(categorised):
+    rows = results_rows(evaluate(*categorised), model="m", dataset="d", protocol="all", split="all")
+    for row in rows:
+        assert {"rmse", "mae", "rmae_icnet", "rmae_cmssa", "fit"}.isdisjoint(row)  # no raw-unit error column
+        assert row["mapping"] == "logistic4" and row["rmse_logistic4"] >= 0
+    assert list(RESULT_COLUMNS[-3:]) == ["rmae_icnet_logistic4", "rmae_cmssa_logistic4", "mapping"]
+
+
+def test_legacy_results_csv_is_recognised_read_appended_and_summarised(categorised, tmp_path):
+    """A results CSV of the old layout (raw errors, a fit column) stays usable: appended rows add the new
+    columns at its end, the old raw errors keep their names, summaries carry both."""
+    path = tmp_path / "old.csv"
+    legacy = {**dict.fromkeys(LEGACY_RESULT_COLUMNS, ""), "model": "old", "dataset": "d", "protocol": "random",
+              "split": "s0", "category": "pooled", "n": "60", "srcc": "0.5", "plcc": "0.4", "krcc": "0.3",
+              "rmse": "53.2", "mae": "50.1", "rmae_icnet": "7.1", "rmae_cmssa": "50.1", "fit": "none"}
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=LEGACY_RESULT_COLUMNS)
+        writer.writeheader()
+        writer.writerow(legacy)
+    assert is_results_header(list(LEGACY_RESULT_COLUMNS)) and is_results_header(list(RESULT_COLUMNS))
+    assert not is_results_header(["path", "model", "score", "error"]) and not is_results_header(None)
+    new = results_rows(evaluate(*categorised[:2]), model="new", dataset="d", protocol="random", split="s0")
+    write_results_csv(new, path, append=True)
+    rows = read_results_csv(path)
+    assert [r["model"] for r in rows] == ["old", "new"]
+    assert rows[0]["rmse"] == 53.2 and math.isnan(rows[0]["rmse_logistic4"])
+    assert math.isnan(rows[1]["rmse"]) and rows[1]["rmse_logistic4"] == pytest.approx(new[0]["rmse_logistic4"])
+    summary = {s["model"]: s for s in summarise(rows)}
+    assert summary["old"]["fit"] == "none" and summary["new"]["mapping"] == "logistic4"
+    assert summary["old"]["rmse_mean"] == 53.2
 
 
 class _Unwritable:

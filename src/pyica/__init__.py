@@ -82,15 +82,17 @@ def score(
     return score_paths(paths, scorer, batch_size=batch_size, num_workers=num_workers, progress=progress, model_name=model)
 
 
-def evaluate(pred, target, categories=None, fit: str | None = None) -> dict:
-    """SRCC, PLCC, KRCC, RMSE, MAE and both RMAE definitions of ``pred`` against ``target``.
+def evaluate(pred, target, categories=None, *, fit_per_category: bool = False) -> dict:
+    """SRCC, PLCC, KRCC of ``pred`` against ``target`` (raw predictions), and PLCC, RMSE, MAE and both
+    RMAE definitions after a 4-parameter logistic maps the predictions into the target's units
+    (``*_logistic4`` keys; the raw-unit errors ``rmse``, ``mae``, ... are there too).
 
-    With ``categories``, per-category metrics and their mean and variance are added.
-    ``fit="logistic4"`` fits a 4-parameter logistic before PLCC/RMSE/MAE.
+    With ``categories``, per-category metrics and their mean and variance are added
+    (``fit_per_category``: one mapping per category, for per-category label scales).
     """
     from .metrics import evaluate as _evaluate
 
-    return _evaluate(pred, target, categories=categories, fit=fit)
+    return _evaluate(pred, target, categories=categories, fit_per_category=fit_per_category)
 
 
 def load_dataset(name_or_path: str, root: str | None = None):

@@ -153,7 +153,13 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Two modes. (1) --pred FILE with --dataset: join predictions to human scores by path "
                     "and compute metrics. (2) -m MODEL with --dataset: run the model under --protocol "
                     "and report metrics per split. Prints a table; -o writes a tidy results CSV "
-                    "(one row per split and category, one metric per column); --plot writes a scatter PNG.",
+                    "(one row per split and category, one metric per column); --plot writes a scatter PNG. "
+                    "Under --protocol all a model scores with its weights as loaded (a shipped head is not "
+                    "refit); random, loco and official refit a trainable model's head on each training part. "
+                    "Scores of weights trained on the evaluated dataset are marked in-sample (a note above "
+                    "the table, the in_sample column). Errors (rmse_logistic4, ...) are in the label's units "
+                    "after a 4-parameter logistic fitted on the evaluated predictions (per category on "
+                    "per-category scales such as SAVOIAS).",
     )
     p.add_argument("--pred", help="predictions file written by `pyica score` (CSV or JSONL)")
     p.add_argument("--dataset", required=True,
@@ -173,7 +179,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="cross-dataset protocol: train (when the model trains) on --dataset, test on this dataset")
     p.add_argument("--test-root", help="folder of --test-dataset")
     p.add_argument("--fit", choices=("none", "logistic4"), default="none",
-                   help="fit a 4-parameter logistic before PLCC/RMSE/MAE (default: none, as the ICA papers)")
+                   help="draw the fitted 4-parameter logistic on --plot (its PLCC then after the mapping); the "
+                        "results always hold SRCC/PLCC/KRCC on raw predictions and PLCC and the errors after "
+                        "that logistic, in the label's units (*_logistic4 columns)")
     p.add_argument("-o", "--output",
                    help="tidy results CSV to write (appends rows to an existing pyica results CSV; any other "
                         "existing file is refused without --overwrite; never a file eval reads)")
@@ -593,7 +601,7 @@ def cmd_eval(args) -> int:
     from .data.loaders import load_dataset
     from .registry import DEFAULT_MODEL
 
-    fit = None if args.fit == "none" else args.fit
+    fit = None if args.fit == "none" else args.fit  # the plot's curve; the metrics always map errors
     ds = load_dataset(args.dataset, root=args.root)
     test_ds = load_dataset(args.test_dataset, root=args.test_root) if args.test_dataset and not args.pred else None
     reads = evaluation.files_read(pred=args.pred, datasets=[d for d in (ds, test_ds) if d is not None],
@@ -601,8 +609,10 @@ def cmd_eval(args) -> int:
                                   weights=args.weights)
     evaluation.check_outputs(args.output, args.plot, reads=reads, overwrite=args.overwrite)  # before any work
     if args.pred:
-        rows, pred, target, categories = evaluation.evaluate_predictions_file(args.pred, ds, fit=fit, model=args.model)
+        rows, pred, target, categories = evaluation.evaluate_predictions_file(args.pred, ds, model=args.model)
         plot_data = (pred, target, categories)
+        model_label = rows[0]["model"]
+        note = evaluation.in_sample_note(evaluation.predictions_weights_use(model_label, ds.name))
     else:
         args.model = args.model or DEFAULT_MODEL
         model_kwargs = {**({"weights": args.weights} if args.weights else {}),
@@ -610,17 +620,19 @@ def cmd_eval(args) -> int:
         result = evaluation.run_protocol(
             args.model, ds, protocol=args.protocol, n_splits=args.splits,
             seed=args.seed, test_fraction=args.test_fraction, val_fraction=args.val_fraction,
-            test_dataset=test_ds, fit=fit, device=args.device,
+            test_dataset=test_ds, device=args.device,
             batch_size=args.batch_size, num_workers=args.workers, precision=args.precision,
             max_pixels=args.max_pixels, progress=not args.quiet, model_kwargs=model_kwargs or None)
         rows = result.rows
         plot_data = result.first_split_predictions
-    print(evaluation.format_rows(rows))
+        model_label = args.model
+        note = evaluation.in_sample_note(result.weights)
+    print(evaluation.format_rows(rows, note=note))
     if args.output:
         evaluation.write_rows(rows, args.output, overwrite=args.overwrite)
         print(f"pyica: results -> {args.output}", file=sys.stderr)
     if args.plot:
-        evaluation.plot(plot_data, args.plot, title=f"{args.model if not args.pred else Path(args.pred).name}", fit=fit)
+        evaluation.plot(plot_data, args.plot, title=model_label, fit=fit)
         print(f"pyica: scatter plot -> {args.plot}", file=sys.stderr)
     return 0
 

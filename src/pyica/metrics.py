@@ -15,10 +15,17 @@ The two "RMAE"s are different numbers under the same name (0.25 absolute error e
 ``rmae_icnet`` 0.5 and ``rmae_cmssa`` 0.25), so pyica never reports a bare "rmae": compare a paper's
 RMAE with the column named after the code that produced it.
 
-The ICA papers compute every metric on raw predictions. :func:`evaluate` can instead map the
-predictions through the VQEG 4-parameter logistic (:func:`fit_logistic4`) before PLCC and the error
-metrics, as image-quality work often does; SRCC and KRCC are rank-based and always use the raw
-predictions.
+**Units.** Correlations are scale-free, errors are not: a model's scores (pyica's are in [0, 1]) are
+rarely on the label's scale (SAVOIAS: 0-100), and an RMSE between the two measures the scales, not the
+model. So :func:`evaluate` reports every error *after a mapping into the label's units*: the VQEG
+4-parameter logistic (:func:`fit_logistic4`, image-quality practice) fitted on the evaluated predictions
+themselves (per category when labels are on a per-category scale). Those metrics carry the mapping in
+their name (``rmse_logistic4``, ``mae_logistic4``, ``rmae_icnet_logistic4``, ``rmae_cmssa_logistic4``,
+and ``plcc_logistic4``); ``mapping`` says what was fitted (``logistic4``, or its fallback ``linear`` or
+``constant``). SRCC, KRCC and ``plcc`` are on the raw predictions, as in the ICA papers (ranks do not
+change under a monotone mapping; ``plcc`` is before it). The raw errors (``rmse``, ``mae``, ...) are
+in the result of :func:`evaluate` too, for predictions already on the label's scale, but results files
+and tables report only the mapped ones (:data:`METRIC_NAMES`).
 
 Bad input is handled rather than propagated: pairs with NaN/inf are dropped and counted, fewer than
 ``MIN_PAIRS`` valid pairs give NaN metrics with a :class:`MetricWarning`, and a constant prediction
@@ -34,7 +41,10 @@ import numpy as np
 from scipy import optimize, special, stats
 
 __all__ = [
+    "MAPPED_METRIC_NAMES",
+    "MAPPING",
     "METRIC_NAMES",
+    "RAW_METRIC_NAMES",
     "selection_score",
     "MIN_PAIRS",
     "FittedMapping",
@@ -51,14 +61,18 @@ __all__ = [
     "srcc",
 ]
 
-#: Metric keys in the order tables and CSV files list them.
-METRIC_NAMES = ("srcc", "plcc", "krcc", "rmse", "mae", "rmae_icnet", "rmae_cmssa")
+#: Every metric on the raw predictions (correlations, and errors in the predictions' own units).
+RAW_METRIC_NAMES = ("srcc", "plcc", "krcc", "rmse", "mae", "rmae_icnet", "rmae_cmssa")
+#: The mapping every ``*_<mapping>`` metric is computed after (:func:`fit_logistic4`).
+MAPPING = "logistic4"
+#: Metrics after the mapping into the label's units: PLCC and every error metric.
+MAPPED_METRIC_NAMES = tuple(f"{name}_{MAPPING}" for name in ("plcc", "rmse", "mae", "rmae_icnet", "rmae_cmssa"))
+#: What results files and tables report, in their order: raw correlations, then the mapped metrics.
+#: Raw errors are left out on purpose (on another scale than the labels they mean nothing).
+METRIC_NAMES = ("srcc", "plcc", "krcc", *MAPPED_METRIC_NAMES)
 
 #: Fewest valid (finite) pairs for which metrics are computed; below it they are NaN.
 MIN_PAIRS = 3
-
-#: Values of ``evaluate(fit=...)``; ``None`` and ``"none"`` both mean raw predictions.
-FIT_CHOICES = (None, "none", "logistic4")
 
 
 class MetricWarning(UserWarning):
@@ -280,16 +294,17 @@ def fit_logistic4(pred, target, maxfev: int = 20000) -> FittedMapping:
 # Everything at once
 
 
-def _metric_dict(raw: np.ndarray, mapped: np.ndarray, target: np.ndarray, *, n_dropped: int, fit: str,
+def _metric_dict(raw: np.ndarray, mapped: np.ndarray, target: np.ndarray, *, n_dropped: int, mapping: str,
                  scope: str) -> dict:
-    """All metrics of one (clean) set: ranks on ``raw``, the rest on ``mapped``."""
+    """All metrics of one (clean) set: :data:`RAW_METRIC_NAMES` on ``raw``, :data:`MAPPED_METRIC_NAMES` on ``mapped``."""
     if len(raw) < MIN_PAIRS:
         _warn_too_few(scope, len(raw))
     values = {"n": int(len(raw))}
-    for name in METRIC_NAMES:
-        rank_based = name in ("srcc", "krcc")
-        values[name] = _METRIC_FUNCTIONS[name](raw if rank_based else mapped, target)
-    values.update(fit=fit, n_dropped=n_dropped)
+    for name in RAW_METRIC_NAMES:
+        values[name] = _METRIC_FUNCTIONS[name](raw, target)
+        if f"{name}_{MAPPING}" in MAPPED_METRIC_NAMES:
+            values[f"{name}_{MAPPING}"] = _METRIC_FUNCTIONS[name](mapped, target)
+    values.update(mapping=mapping, n_dropped=n_dropped)
     return values
 
 
@@ -299,34 +314,35 @@ def _describe_methods(methods: list[str]) -> str:
     return methods[0] if len(counts) == 1 else ",".join(f"{m}={c}" for m, c in counts.items())
 
 
-def evaluate(pred, target, categories=None, fit: str | None = None, *, fit_per_category: bool = False) -> dict:
+#: Every metric key of an :func:`evaluate` result (and of its per-category dicts).
+ALL_METRIC_NAMES = (*RAW_METRIC_NAMES, *MAPPED_METRIC_NAMES)
+
+
+def evaluate(pred, target, categories=None, *, fit_per_category: bool = False) -> dict:
     """Every metric of ``pred`` against ``target``, pooled and (with ``categories``) per category.
 
     Args:
         pred, target: scores of the same images, equal length (sequences, arrays or tensors).
         categories: optional category label of every image. Each distinct label is one category.
-        fit: ``None``/``"none"``: metrics on raw predictions (as the ICA papers). ``"logistic4"``:
-            predictions are first mapped by :func:`fit_logistic4`; PLCC, RMSE, MAE and both RMAEs
-            use the mapped values, SRCC and KRCC the raw ones.
-        fit_per_category: with ``fit`` and ``categories``: fit one mapping per category (for labels
-            on a per-category scale, like SAVOIAS) and use it for that category's metrics and for
-            the pooled ones. Otherwise one mapping is fitted on all images and used everywhere.
+        fit_per_category: with ``categories``: fit one logistic mapping per category (for labels on
+            a per-category scale, like SAVOIAS) and use it for that category's metrics and for the
+            pooled ones. Otherwise one mapping is fitted on all images and used everywhere.
 
     Returns:
-        ``{"n", "srcc", "plcc", "krcc", "rmse", "mae", "rmae_icnet", "rmae_cmssa", "fit",
-        "n_dropped"}`` where ``n`` counts the valid pairs, ``n_dropped`` the pairs dropped for
-        NaN/inf, and ``fit`` names the mapping used: ``"none"``, ``"logistic4"``, or its fallback
-        ``"linear"``/``"constant"``; per-category fitting gives ``"per_category:<methods>"``
-        pooled. With ``categories`` also ``"per_category"`` (``{category: {same keys}}``, sorted by
-        name), ``"category_mean"`` and ``"category_var"`` (``{metric: value}``: mean and population
-        variance over categories; NaN when any category's metric is NaN, so that a mean is never
-        over fewer categories than it says).
+        ``{"n", <RAW_METRIC_NAMES>, <MAPPED_METRIC_NAMES>, "mapping", "n_dropped"}``: ``n`` counts the
+        valid pairs, ``n_dropped`` the pairs dropped for NaN/inf. ``srcc``, ``krcc`` and ``plcc`` are
+        on the raw predictions (as the ICA papers); ``rmse``, ``mae``, ``rmae_*`` are raw too, in the
+        predictions' units (meaningful only when those are the label's); every ``*_logistic4`` metric
+        is computed after :func:`fit_logistic4` maps the predictions into the label's units, and
+        ``mapping`` names what was fitted: ``"logistic4"`` or its fallback ``"linear"``/``"constant"``;
+        per-category fitting gives ``"per_category:<methods>"`` pooled. With ``categories`` also
+        ``"per_category"`` (``{category: {same keys}}``, sorted by name), ``"category_mean"`` and
+        ``"category_var"`` (``{metric: value}``: mean and population variance over categories; NaN
+        when any category's metric is NaN, so that a mean is never over fewer categories than it says).
 
     Raises:
-        ValueError: lengths differ, or ``fit`` is not one of ``None``, ``"none"``, ``"logistic4"``.
+        ValueError: lengths differ.
     """
-    if fit not in FIT_CHOICES:
-        raise ValueError(f"fit must be None, 'none' or 'logistic4', not {fit!r}")
     p, t = _as_vector(pred, "pred"), _as_vector(target, "target")
     labels = None if categories is None else np.asarray(categories).astype(str).reshape(-1)
     _check_same_length(p, t, labels)
@@ -335,7 +351,7 @@ def evaluate(pred, target, categories=None, fit: str | None = None, *, fit_per_c
     names = sorted(set(labels.tolist())) if labels is not None else []
     mapped = p.copy()
     category_methods: dict[str, str] = {}
-    if fit == "logistic4" and labels is not None and fit_per_category:
+    if labels is not None and fit_per_category:
         for name in names:
             rows = valid & (labels == name)
             if not rows.any():
@@ -346,14 +362,14 @@ def evaluate(pred, target, categories=None, fit: str | None = None, *, fit_per_c
             category_methods[name] = mapping.method
         fitted = [m for m in category_methods.values() if m != "none"]
         pooled_method = ("per_category:" + _describe_methods(fitted)) if fitted else "none"
-    elif fit == "logistic4":
+    elif valid.any():
         mapping = fit_logistic4(p[valid], t[valid])
         mapped[valid] = mapping(p[valid])
         pooled_method = mapping.method
     else:
         pooled_method = "none"
 
-    result = _metric_dict(p[valid], mapped[valid], t[valid], n_dropped=int((~valid).sum()), fit=pooled_method,
+    result = _metric_dict(p[valid], mapped[valid], t[valid], n_dropped=int((~valid).sum()), mapping=pooled_method,
                           scope="pooled")
     if labels is None:
         return result
@@ -364,8 +380,8 @@ def evaluate(pred, target, categories=None, fit: str | None = None, *, fit_per_c
         rows = valid & in_category
         result["per_category"][name] = _metric_dict(
             p[rows], mapped[rows], t[rows], n_dropped=int((in_category & ~valid).sum()),
-            fit=category_methods.get(name, pooled_method), scope=f"category {name!r}")
-    per_metric = {m: np.array([values[m] for values in result["per_category"].values()]) for m in METRIC_NAMES}
+            mapping=category_methods.get(name, pooled_method), scope=f"category {name!r}")
+    per_metric = {m: np.array([values[m] for values in result["per_category"].values()]) for m in ALL_METRIC_NAMES}
     result["category_mean"] = {m: float(np.mean(v)) if len(v) else float("nan") for m, v in per_metric.items()}
     result["category_var"] = {m: float(np.var(v)) if len(v) else float("nan") for m, v in per_metric.items()}
     return result

@@ -4,7 +4,15 @@ A *results row* is one dict per (model, dataset, protocol, split, category) with
 column (:data:`RESULT_COLUMNS`). ``category`` is ``"pooled"`` for all test images together, a
 category's name for that category alone, and ``"category_mean"`` for the mean of the per-category
 rows (the primary number when labels are on a per-category scale, like SAVOIAS). Any further keys
-(``pyica_version``, ``seconds``, ...) are kept as extra columns.
+(``pyica_version``, ``seconds``, ``weights``, ``in_sample``, ...) are kept as extra columns.
+
+Metric columns (:data:`~pyica.metrics.METRIC_NAMES`): ``srcc``, ``plcc`` and ``krcc`` on the raw
+predictions; ``plcc_logistic4`` and the error metrics (``rmse_logistic4``, ``mae_logistic4``,
+``rmae_icnet_logistic4``, ``rmae_cmssa_logistic4``) after the predictions are mapped into the label's
+units by a 4-parameter logistic fitted on the evaluated predictions; ``mapping`` says what was fitted.
+Results CSVs of pyica before this layout (raw ``rmse``, ``mae``, ... and a ``fit`` column,
+:data:`LEGACY_RESULT_COLUMNS`) are still read, appended to and summarised; their raw errors keep their
+old names, so they are never mistaken for errors in the label's units.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from .writers import replace_atomically
-from .metrics import METRIC_NAMES, FittedMapping, fit_logistic4, plcc, srcc
+from .metrics import METRIC_NAMES, RAW_METRIC_NAMES, FittedMapping, fit_logistic4, plcc, srcc
 
 __all__ = [
+    "LEGACY_RESULT_COLUMNS",
     "RESULT_COLUMNS",
+    "is_results_header",
     "format_markdown_table",
     "format_table",
     "read_results_csv",
@@ -34,7 +44,9 @@ __all__ = [
 
 LABEL_COLUMNS = ("model", "dataset", "protocol", "split", "category")
 #: Columns of a results row, in the order files and tables use; extra columns follow them.
-RESULT_COLUMNS = (*LABEL_COLUMNS, "n", *METRIC_NAMES, "fit")
+RESULT_COLUMNS = (*LABEL_COLUMNS, "n", *METRIC_NAMES, "mapping")
+#: The columns results CSVs began with before errors were reported after a mapping (raw errors, ``fit``).
+LEGACY_RESULT_COLUMNS = (*LABEL_COLUMNS, "n", *RAW_METRIC_NAMES, "fit")
 #: Row categories that are not category names.
 POOLED, CATEGORY_MEAN = "pooled", "category_mean"
 
@@ -57,7 +69,7 @@ def results_rows(result: dict, *, model: str, dataset: str, protocol: str, split
 
     def row(category: str, values: dict) -> dict:
         return {**labels, "category": category, "n": values["n"], **{m: values[m] for m in METRIC_NAMES},
-                "fit": values["fit"], **extra}
+                "mapping": values["mapping"], **extra}
 
     rows = [row(POOLED, result)]
     per_category = result.get("per_category")
@@ -66,7 +78,7 @@ def results_rows(result: dict, *, model: str, dataset: str, protocol: str, split
         if clashing:
             raise ValueError(f"category names {sorted(clashing)} clash with the rows pyica adds")
         rows.extend(row(name, values) for name, values in per_category.items())
-        rows.append(row(CATEGORY_MEAN, {**result["category_mean"], "n": result["n"], "fit": result["fit"]}))
+        rows.append(row(CATEGORY_MEAN, {**result["category_mean"], "n": result["n"], "mapping": result["mapping"]}))
     return rows
 
 
@@ -83,6 +95,13 @@ def _column_order(rows: Iterable[dict], leading: Sequence[str] = ()) -> list[str
     for row in rows:
         seen.update((key, None) for key in row)
     return list(seen)
+
+
+def is_results_header(header: Sequence[str] | None) -> bool:
+    """Whether a CSV header is that of a pyica results file (this layout or the legacy one)."""
+    if not header:
+        return False
+    return any(tuple(header[:len(columns)]) == columns for columns in (RESULT_COLUMNS, LEGACY_RESULT_COLUMNS))
 
 
 def write_results_csv(rows: Iterable[dict], path: str | os.PathLike, append: bool = False) -> None:
@@ -126,7 +145,7 @@ def _to_number(text: str) -> int | float | str:
 
 def read_results_csv(path: str | os.PathLike) -> list[dict]:
     """Rows of a results CSV, with ``n`` and the metric columns as numbers (NaN for empty cells)."""
-    numeric = {"n", *METRIC_NAMES}
+    numeric = {"n", *METRIC_NAMES, *RAW_METRIC_NAMES}
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -149,16 +168,17 @@ def summarise(rows: Iterable[dict], by: Sequence[str] = ("model", "dataset", "pr
     """Mean and standard deviation of every metric over the rows (splits) that share the ``by`` columns.
 
     Representation: one row per group, in first-seen order, with the ``by`` columns, ``n_splits``
-    (rows in the group), then ``<column>_mean`` and ``<column>_std`` for ``n``, each metric and each
-    of ``extra_metrics`` (further numeric columns, e.g. ``rmse_logistic4``), and
-    ``fit`` (its distinct values joined by ``"|"``). The std uses ``ddof`` (default 1: the sample
-    std over splits, NaN for a single split). A NaN metric in any split makes that group's mean and
-    std NaN. Values may be numbers or numeric text (rows read straight from a CSV).
+    (rows in the group), then ``<column>_mean`` and ``<column>_std`` for ``n``, each metric present
+    (:data:`~pyica.metrics.METRIC_NAMES`, and the raw errors of legacy files) and each of
+    ``extra_metrics`` (further numeric columns), and ``mapping`` (legacy files: ``fit``; its distinct
+    values joined by ``"|"``). The std uses ``ddof`` (default 1: the sample std over splits, NaN for a
+    single split). A NaN metric in any split makes that group's mean and std NaN. Values may be numbers
+    or numeric text (rows read straight from a CSV).
     """
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(column, "") for column in by), []).append(row)
-    numeric = [c for c in dict.fromkeys(("n", *METRIC_NAMES, *extra_metrics))
+    numeric = [c for c in dict.fromkeys(("n", *METRIC_NAMES, *RAW_METRIC_NAMES, *extra_metrics))
                if any(c in row for members in groups.values() for row in members)]
     summary = []
     for key, members in groups.items():
@@ -168,9 +188,10 @@ def summarise(rows: Iterable[dict], by: Sequence[str] = ("model", "dataset", "pr
             values = np.array([_as_float(row.get(column)) for row in members])
             out[f"{column}_mean"] = float(np.mean(values))
             out[f"{column}_std"] = float(np.std(values, ddof=ddof)) if len(values) > ddof else math.nan
-        fits = [str(row["fit"]) for row in members if "fit" in row]
-        if fits:
-            out["fit"] = "|".join(dict.fromkeys(fits))
+        for label in ("mapping", "fit"):
+            values = [str(row[label]) for row in members if row.get(label) not in (None, "")]
+            if values:
+                out[label] = "|".join(dict.fromkeys(values))
         summary.append(out)
     return summary
 

@@ -303,6 +303,8 @@ class EffNetRidge(ComplexityModel):
         leave-one-out squared error on ``train`` (:func:`~pyica.models.ridge.select_alpha`); then the head is refitted on train + val with that ``alpha``.
         Returns what was chosen (for the weights card).
         """
+        if not len(train):
+            raise ValueError(f"no training images to fit the {self.config.targets!r} ridge head on")
         parts = [train] + ([val] if val is not None and len(val) else [])
         low, high = label_range(parts)
         data = []
@@ -316,6 +318,9 @@ class EffNetRidge(ComplexityModel):
             data.append((x[ok], training_targets(part.scores[ok], categories, low, high, self.config.targets),
                          categories))
         all_x, all_y, all_c = (np.concatenate(column) for column in zip(*data))
+        if len(data[0][1]) < 2:
+            raise ValueError(f"{len(data[0][1])} of {len(train)} training images could be read; "
+                             "a ridge head needs at least 2")
         within = self.config.within_category
         groups = all_c if within else None
         if self.config.alpha_selection == "leave_one_category_out" and len(np.unique(all_c)) >= 3:

@@ -99,19 +99,33 @@ def leave_one_out_path(features: np.ndarray, targets: np.ndarray, alphas=ALPHAS)
     Exact for ridge with a fixed standardisation: ``y_i - e_i / (1 - h_ii)`` with the hat matrix
     ``H = 1/n + U diag(l / (l + a)) U^T``. (The standardisation itself uses all ``n`` images; the
     effect on the choice of ``alpha`` is negligible at these sizes.)
+
+    Degenerate cases: fewer than 2 images leave nothing to predict from (``ValueError``); an image
+    with leverage ``h_ii`` = 1 (``alpha`` = 0 interpolating it, or rounding) has no leave-one-out
+    prediction, so its entry is NaN, which :func:`select_alpha` never picks, instead of an inf or a
+    division by zero.
     """
-    z, _, _ = _standardise(features)
     y = np.asarray(targets, np.float64)
     n = len(y)
+    if n < 2:
+        raise ValueError(f"leave-one-out needs at least 2 training images, got {n}")
+    if any(a < 0 for a in alphas):
+        raise ValueError(f"ridge penalties must be >= 0, got {min(alphas)}")
+    z, _, _ = _standardise(features)
     centred = y - y.mean()
     eigenvalues, u = _gram_eigen(z)
     uty = u.T @ centred
     out = np.empty((n, len(alphas)))
     for j, a in enumerate(alphas):
-        shrink = eigenvalues / (eigenvalues + a)
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 where a = 0 and l = 0: nothing to shrink
+            shrink = np.where(eigenvalues + a > 0, eigenvalues / (eigenvalues + a), 0.0)
         fitted = u @ (shrink * uty)
         hat_diag = 1.0 / n + np.einsum("ij,j,ij->i", u, shrink, u)
-        out[:, j] = y - (centred - fitted) / (1.0 - hat_diag)
+        residual_scale = 1.0 - hat_diag
+        # relative to 1: a leverage within rounding of 1 has no leave-one-out prediction
+        defined = residual_scale > 1e-10
+        out[:, j] = np.nan
+        out[defined, j] = y[defined] - (centred[defined] - fitted[defined]) / residual_scale[defined]
     return out
 
 
@@ -126,6 +140,8 @@ def select_alpha(train_x, train_y, val_x=None, val_y=None, val_categories=None, 
     correlations would be biased; the squared error is not. Ties go to the stronger penalty.
     ``groups``: the training rows' groups, for heads fitted within groups (:func:`ridge_path`).
     """
+    if len(train_y) == 0:
+        raise ValueError("no training images to fit the ridge head on")
     if val_x is not None and len(val_x):
         heads = ridge_path(train_x, train_y, alphas, groups=groups)
         from ..metrics import selection_score  # scipy: only when a penalty is chosen, never to score
@@ -136,6 +152,7 @@ def select_alpha(train_x, train_y, val_x=None, val_y=None, val_categories=None, 
     else:
         loo = leave_one_out_path(train_x, train_y, alphas)
         y = np.asarray(train_y, np.float64)
+        # an undefined leave-one-out prediction makes that alpha's score NaN: never the best
         scores = [-float(np.mean((loo[:, j] - y) ** 2)) for j in range(len(alphas))]
     return _best_alpha(alphas, scores), scores
 
