@@ -544,6 +544,9 @@ def cmd_score(args) -> int:
             "model_info": model_info(args.model) if not trained else {
                 "name": args.model, "kind": "learned", "description": trained.get("description"),
                 "score_range": (trained.get("score") or {}).get("range"), "weights": str(args.weights), "card": trained},
+            # the weights actually loaded, not only the registry's card
+            "weights": {"path": str(args.weights) if args.weights else "shipped with pyica",
+                        "sha256": writer.output.identity.get("weights_sha256") if writer.output else None},
             **_environment(model.device),
             "precision": args.precision,
             "batch_size": args.batch_size,
