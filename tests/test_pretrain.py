@@ -219,6 +219,18 @@ class Toy(nn.Module):
             pk.mul_(m).add_(pq.detach(), alpha=1 - m)
 
 
+def toy_pretrain_config(tmp_path, **changes) -> dict:
+    """A tiny pretraining config over 12 generated images in ``tmp_path/images`` (other tests' toy run)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        _image(i).save(folder / f"f{i:02d}.png")
+    cfg = {"method": "toy", "model": {"width": 8}, "data": {"sources": [str(folder)], "image_size": SIZE},
+           "optim": {"lr": 0.01, "base_batch": 4, "batch_size": 4, "epochs": 2, "warmup_epochs": 1},
+           "seed": 0, "amp": False, "checkpoint_every": 2, "log_every": 1, "output_dir": str(tmp_path / "out")}
+    return {**cfg, **changes}
+
+
 def _build_toy(model_config):
     torch.manual_seed(0)  # pretrain seeds before building; this keeps the toy the same in every test
     return Toy(**model_config)

@@ -133,17 +133,11 @@ def test_cmssa_fit(tmp_path):
 
 
 def test_pretrain_run(tmp_path):
-    from test_pretrain import SIZE, _build_toy, _image
+    from test_pretrain import _build_toy, toy_pretrain_config
 
     from pyica.training import pretrain as pt
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(12):
-        _image(i).save(folder / f"f{i:02d}.png")
-    cfg = {"method": "toy", "model": {"width": 8}, "data": {"sources": [str(folder)], "image_size": SIZE},
-           "optim": {"lr": 0.01, "base_batch": 4, "batch_size": 4, "epochs": 2, "warmup_epochs": 1},
-           "seed": 0, "amp": True, "checkpoint_every": 3, "log_every": 1, "output_dir": str(tmp_path / "out")}
+    cfg = toy_pretrain_config(tmp_path, amp=True, checkpoint_every=3)
     summary = pt.pretrain(cfg, build_model=_build_toy, device="cpu", num_workers=0, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "out" / pt.LOG).read_text().splitlines()]
     rows = [r for r in rows if r.get("kind", "step") == "step"]  # the loop's log also has a row per epoch

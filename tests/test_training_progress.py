@@ -212,17 +212,11 @@ def test_probe_trainer_writes_the_run_log_beside_its_checkpoints(tmp_path):
 
 
 def test_pretraining_log_is_the_loops_log_and_a_resume_keeps_it_consistent(tmp_path):
-    from test_pretrain import SIZE, _build_toy, _image
+    from test_pretrain import _build_toy, toy_pretrain_config
 
     from pyica.training import pretrain as pt
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(12):
-        _image(i).save(folder / f"f{i:02d}.png")
-    cfg = {"method": "toy", "model": {"width": 8}, "data": {"sources": [str(folder)], "image_size": SIZE},
-           "optim": {"lr": 0.01, "base_batch": 4, "batch_size": 4, "epochs": 2, "warmup_epochs": 1},
-           "seed": 0, "amp": False, "checkpoint_every": 2, "log_every": 1, "output_dir": str(tmp_path / "out")}
+    cfg = toy_pretrain_config(tmp_path)
     run = dict(build_model=_build_toy, device="cpu", num_workers=0, progress=False)
     pt.pretrain(cfg, max_steps=5, **run)  # stops in epoch 2 (3 steps an epoch), checkpoint at step 5
     pt.pretrain(cfg, resume=True, **run)
