@@ -6,6 +6,7 @@ from PIL import Image
 
 from image_zoo import make_image_zoo, png_header_only
 from pyica.loading import ImageLoadError, load_image, to_rgb
+from pyica.registry import DEFAULT_MODEL, create_model
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,66 @@ def test_bytes_and_streams():
     assert load_image(buf).getpixel((0, 0)) == (77, 77, 77)
     with pytest.raises(ImageLoadError, match="empty"):
         load_image(b"")
+
+
+# --- reduced-size JPEG decoding (decode_size) ---------------------------------------------------------------
+
+
+def _photo(size=(1600, 1200)) -> Image.Image:
+    """A smooth colour picture with a distinct top-left corner, so orientation and colour are checkable."""
+    w, h = size
+    x, y = np.meshgrid(np.linspace(0, 1, w), np.linspace(0, 1, h))
+    rgb = np.stack([x * 255, y * 255, (1 - x) * 200 + 20], axis=-1)
+    rgb[: h // 8, : w // 8] = (255, 0, 0)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def _reference(path, size):
+    """Full decode, then the same size by area averaging."""
+    return np.asarray(load_image(path).resize(size, Image.Resampling.BOX), dtype=np.float32)
+
+
+@pytest.mark.parametrize("mode,progressive", [("RGB", False), ("RGB", True), ("L", False), ("CMYK", False)])
+def test_reduced_decoding_keeps_colour_and_reduces_the_size(tmp_path, mode, progressive):
+    path = tmp_path / "photo.jpg"
+    _photo().convert(mode).save(path, quality=95, progressive=progressive)
+    image = load_image(path, decode_size=(300, 300))
+    assert image.mode == "RGB"
+    assert image.size == (400, 300)  # 1/4: the largest reduction keeping both sides >= 300
+    diff = np.abs(np.asarray(image, dtype=np.float32) - _reference(path, image.size))
+    assert diff.mean() < 3.0
+    if mode == "L":
+        pixels = np.asarray(image)
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+
+def test_reduced_decoding_applies_exif_orientation(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    _photo().save(path, quality=95, exif=exif)
+    reduced, full = load_image(path, decode_size=(300, 300)), load_image(path)
+    assert full.size == (1200, 1600) and reduced.size == (300, 400)
+    red = np.asarray(reduced)
+    assert red[5, -5, 0] > 200 and red[5, -5, 1] < 60  # the red corner moved to the top right, as in full
+    assert np.abs(np.asarray(reduced, dtype=np.float32) - _reference(path, reduced.size)).mean() < 3.0
+
+
+def test_only_jpegs_large_enough_are_reduced(tmp_path):
+    _photo().save(tmp_path / "big.png")
+    _photo((500, 400)).save(tmp_path / "small.jpg", quality=95)
+    assert load_image(tmp_path / "big.png", decode_size=(300, 300)).size == (1600, 1200)
+    assert load_image(tmp_path / "small.jpg", decode_size=(300, 300)).size == (500, 400)
+    assert load_image(tmp_path / "small.jpg", decode_size=lambda w, h: (w // 2, h // 2)).size == (250, 200)
+
+
+def test_models_declare_what_they_need_decoded():
+    from pyica.loading import DECODE_OVERSAMPLE
+    from pyica.models.effnet import LongestSideResize, SquareResize
+
+    assert SquareResize(192).decode_size(4000, 3000) == (192 * DECODE_OVERSAMPLE,) * 2
+    w, h = LongestSideResize(256).decode_size(4000, 3000)
+    assert max(w, h) == 256 * DECODE_OVERSAMPLE and abs(w / h - 4 / 3) < 0.01
+    model = create_model(DEFAULT_MODEL)
+    assert model.transform.decode_size(4000, 3000) is not None
+    assert getattr(create_model("entropy").transform, "decode_size", None) is None  # classic: full resolution

@@ -431,23 +431,14 @@ def _zip_members(archive: str, extensions: frozenset[str]) -> Iterator[str]:
 
 
 def decode_image(source: str | bytes, name: str, min_side: int = 0, max_pixels: int | None = None,
-                 draft: bool = False) -> Image.Image:
-    """RGB image of ``source``; JPEGs decoded at the smallest DCT scale keeping the shorter side >=
-    ``min_side`` when ``draft``. Anything unusual falls back to :func:`load_image` (its errors)."""
-    if draft:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                    budget = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
-                    if img.format == "JPEG" and 0 < img.width * img.height <= budget:
-                        img.draft("RGB", (min_side, min_side))
-                        img.load()
-                        return to_rgb(img)
-        except Exception:  # noqa: BLE001 - load_image below reports the failure properly
-            pass
+                 draft: bool = False, decode_size=None) -> Image.Image:
+    """RGB image of ``source`` by :func:`load_image`'s rules, its errors naming ``name``. JPEGs are
+    decoded reduced (see ``load_image``'s ``decode_size``): to ``decode_size`` when given, else, when
+    ``draft``, keeping the shorter side >= ``min_side``."""
+    if decode_size is None and draft:
+        decode_size = (min_side, min_side)
     try:
-        return load_image(source, max_pixels)
+        return load_image(source, max_pixels, decode_size=decode_size)
     except ImageLoadError as err:
         raise ImageLoadError(name, err.reason) from None
 
@@ -715,6 +706,8 @@ class _ImageFiles(Dataset):
     def __init__(self, transform: Callable, max_pixels: int | None):
         self.transform = transform
         self.max_pixels = max_pixels
+        # what the model needs decoded (JPEGs reduced in libjpeg, see load_image); None: full resolution
+        self.decode_size = getattr(transform, "decode_size", None)
         self.shards = ShardReader()  # open archives of this process
 
     def __getitem__(self, item: tuple[int, str]):
@@ -738,8 +731,8 @@ class _ImageFiles(Dataset):
         elif isinstance(path, MemberBytes):
             data = path.data
         else:
-            return load_image(path, self.max_pixels)
-        return decode_image(data, str(path), 0, self.max_pixels, draft=False)
+            return load_image(path, self.max_pixels, decode_size=self.decode_size)
+        return decode_image(data, str(path), max_pixels=self.max_pixels, decode_size=self.decode_size)
 
     def close(self) -> None:
         self.shards.close()

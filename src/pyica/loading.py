@@ -31,7 +31,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, Callable, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,7 +41,8 @@ try:  # colour management is optional in Pillow builds
 except ImportError:  # pragma: no cover - depends on the Pillow build
     ImageCms = None
 
-__all__ = ["ImageLoadError", "load_image", "to_rgb", "DEFAULT_MAX_PIXELS", "max_pixels_budget", "image_extensions"]
+__all__ = ["ImageLoadError", "load_image", "to_rgb", "DEFAULT_MAX_PIXELS", "DECODE_OVERSAMPLE", "max_pixels_budget",
+           "image_extensions"]
 
 #: Default pixel budget: 100 megapixels (a 10,000 x 10,000 image). Larger headers are rejected
 #: before decoding, which protects batch jobs from decompression bombs. Override per call, or for
@@ -96,8 +97,23 @@ def _describe(source: ImageSource) -> str:
     return getattr(source, "name", None) or "<stream>"
 
 
-def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+#: A model's transform asks for JPEGs decoded at this many times its input size (at least), so that
+#: the transform's own antialiased filter still makes the last reduction; the DCT-domain reduction
+#: alone (1/2, 1/4, 1/8) is a box filter. See :func:`load_image`'s ``decode_size``.
+DECODE_OVERSAMPLE = 2
+
+DecodeSize = Union[Tuple[int, int], Callable[[int, int], Optional[Tuple[int, int]]], None]
+
+
+def load_image(source: ImageSource, max_pixels: int | None = None, decode_size: DecodeSize = None) -> Image.Image:
     """Load ``source`` (path, bytes or binary stream) as an upright 8-bit RGB PIL image.
+
+    ``decode_size``: the smallest ``(width, height)`` the caller needs, or a callable giving it from the
+    file's ``(width, height)`` (before EXIF orientation; a request must not depend on which side is
+    which). A JPEG is then decoded by libjpeg at the largest reduction (1/2, 1/4 or 1/8) that keeps
+    both sides at or above it (Pillow's ``draft``), which costs a fraction of a full decode; other
+    formats, and JPEGs too small to reduce, decode in full. Orientation, colour modes and ICC
+    conversion follow the same rules either way. ``None``: always full resolution.
 
     Raises :class:`ImageLoadError` naming the file and the cause for every failure.
     """
@@ -138,6 +154,10 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
                     )
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
+                if decode_size is not None and img.format == "JPEG":
+                    request = decode_size(width, height) if callable(decode_size) else decode_size
+                    if request:
+                        img.draft(None, (max(1, int(request[0])), max(1, int(request[1]))))  # keeps the mode
                 img.load()
                 return to_rgb(img)
     except ImageLoadError:

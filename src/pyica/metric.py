@@ -62,7 +62,8 @@ class ComplexityMetric:
 
     def _to_images(self, inputs: Any) -> tuple[list[Image.Image], bool]:
         if isinstance(inputs, (str, os.PathLike, bytes)):
-            return [load_image(inputs)], True
+            # a file is decoded as batch scoring decodes it (JPEGs reduced to what the model needs)
+            return [load_image(inputs, decode_size=getattr(self.model.transform, "decode_size", None))], True
         if isinstance(inputs, Image.Image):
             return [to_rgb(inputs)], True
         if isinstance(inputs, torch.Tensor):

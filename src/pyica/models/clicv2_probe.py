@@ -88,6 +88,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..loading import DECODE_OVERSAMPLE
 from .base import ComplexityModel
 from .icnet import IMAGENET_MEAN, IMAGENET_STD, SLAM, MapScoreHeads, icnet_loss
 from .vit import ViT, ViTConfig
@@ -218,6 +219,11 @@ class SquareResize:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC, reducing_gap=None)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """What to decode a ``width`` x ``height`` JPEG to at least (``pyica.loading.load_image``)."""
+        side = DECODE_OVERSAMPLE * self.size
+        return side, side
 
 
 class CLICv2Probe(ComplexityModel):

@@ -14,12 +14,15 @@ standard deviation of the output of every stage (16 to 320 channels) and of the 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ..loading import DECODE_OVERSAMPLE
 
 __all__ = ["VARIANTS", "backbone_weights_path", "load_backbone", "StageFeatures", "mean_std_pool", "SquareResize",
            "LongestSideResize", "normalize_tf"]
@@ -164,6 +167,11 @@ class SquareResize:
         image = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=None)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """What to decode a ``width`` x ``height`` JPEG to at least (``pyica.loading.load_image``)."""
+        side = DECODE_OVERSAMPLE * self.size
+        return side, side
+
 
 @dataclass(frozen=True)
 class LongestSideResize:
@@ -183,3 +191,9 @@ class LongestSideResize:
         new = (max(self.min_side, round(w * scale)), max(self.min_side, round(h * scale)))
         image = image.convert("RGB").resize(new, Image.Resampling.BILINEAR, reducing_gap=None)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """What to decode a ``width`` x ``height`` JPEG to at least: the longest side at
+        ``DECODE_OVERSAMPLE`` times ``size``, the aspect ratio kept."""
+        scale = DECODE_OVERSAMPLE * self.size / max(width, height, 1)
+        return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))

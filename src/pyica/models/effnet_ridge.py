@@ -134,6 +134,13 @@ class ViewsTransform:
     def __call__(self, image) -> tuple[torch.Tensor, ...]:
         return tuple(t(image) for t in self.transforms)
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The largest of the views' needs (``None`` if one needs full resolution)."""
+        needs = [getattr(t, "decode_size", lambda w, h: None)(width, height) for t in self.transforms]
+        if not needs or any(n is None for n in needs):
+            return None
+        return max(n[0] for n in needs), max(n[1] for n in needs)
+
 
 @dataclass(frozen=True)
 class ViewsCollate:
