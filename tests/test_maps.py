@@ -266,28 +266,197 @@ def test_cli_score_writes_maps_and_survives_bad_files(tmp_path, capsys):
     assert "3 maps" in capsys.readouterr().err
 
 
-def test_cli_map_failure_is_recorded_and_scores_are_kept(tmp_path, monkeypatch):
-    folder = tmp_path / "imgs"
+class _FailsOnPatchSize:
+    """A classic transform that fails on 50 x 50 crops (the patches of a 200 x 200 image) and nothing else;
+    picklable, so it runs in DataLoader workers."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, image):
+        if image.size == (50, 50):
+            raise RuntimeError("boom in the worker")
+        return self.inner(image)
+
+
+def _three_images(folder, big=None):
     folder.mkdir()
     for i in range(3):
-        _half_noise(64, 64, i).save(folder / f"{i}.png")
-    import pyica.maps
+        side = 200 if i == big else 64
+        _half_noise(side, side, i).save(folder / f"{i}.png")
+    return folder
 
-    real = pyica.maps.complexity_map
 
-    def flaky(model, image, *args, **kwargs):
-        if image.getpixel((63, 0)) == _half_noise(64, 64, 1).getpixel((63, 0)):
-            raise RuntimeError("boom")
-        return real(model, image, *args, **kwargs)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cli_map_failing_in_the_workers_is_recorded_and_scores_are_kept(tmp_path, monkeypatch, workers):
+    """Preparing one image's patches fails (in a DataLoader worker): its score is kept, the other maps are written."""
+    import pyica.registry
 
-    monkeypatch.setattr(pyica.maps, "complexity_map", flaky)
+    folder = _three_images(tmp_path / "imgs", big=1)
+    real = pyica.registry.create_model
+
+    def picky(name, **kwargs):
+        model = real(name, **kwargs)
+        model.transform = _FailsOnPatchSize(model.transform)
+        return model
+
+    monkeypatch.setattr(pyica.registry, "create_model", picky)
     out, maps = tmp_path / "out.csv", tmp_path / "maps"
     assert main(["score", str(folder), "-o", str(out), "--maps", str(maps), "-m", "edge_density", "-q",
-                 "--workers", "0"]) == 0
-    assert all(r["score"] is not None for r in read_scores(out)) and len(read_scores(out)) == 3
+                 "--workers", str(workers)]) == 0
+    rows = read_scores(out)
+    assert len(rows) == 3 and all(r["score"] is not None and not r["error"] for r in rows)
     assert sorted(p.name for p in maps.glob("*.png")) == ["0.map.png", "2.map.png"]
     meta = json.loads((tmp_path / "out.csv.meta.json").read_text())
-    assert meta["maps"]["errors"] == 1 and "1.png" in meta["maps"]["failures"][0] and "boom" in meta["maps"]["failures"][0]
+    assert meta["maps"]["written"] == 2 and meta["maps"]["errors"] == 1
+    failure, = meta["maps"]["failures"]
+    assert "1.png" in failure and "boom in the worker" in failure
+
+
+def test_cli_map_failing_in_the_forward_or_the_rendering_fails_only_that_map(tmp_path, monkeypatch):
+    """The patches of three images are scored together; one image's patches make the forward fail: that
+    batch is retried map by map, so only that map fails. A rendering failure fails only its map too."""
+    import pyica.maps
+    import pyica.registry
+
+    folder = _three_images(tmp_path / "imgs", big=1)
+    real = pyica.registry.create_model
+
+    def picky(name, **kwargs):
+        model = real(name, **kwargs)
+        measure = model.measure
+
+        def fails_on_patches_of_the_big_image(rgb):
+            if rgb.shape[:2] == (50, 50):
+                raise RuntimeError("boom in the forward")
+            return measure(rgb)
+
+        model.measure = fails_on_patches_of_the_big_image
+        return model
+
+    monkeypatch.setattr(pyica.registry, "create_model", picky)
+    out, maps = tmp_path / "out.csv", tmp_path / "maps"
+    assert main(["score", str(folder), "-o", str(out), "--maps", str(maps), "-m", "edge_density", "-q",
+                 "--workers", "0", "--batch-size", "3"]) == 0
+    assert all(r["score"] is not None for r in read_scores(out)) and len(read_scores(out)) == 3
+    assert sorted(p.name for p in maps.glob("*.png")) == ["0.map.png", "2.map.png"]
+    meta = json.loads((tmp_path / "out.csv.meta.json").read_text())["maps"]
+    assert meta["errors"] == 1 and "1.png" in meta["failures"][0] and "boom in the forward" in meta["failures"][0]
+
+    monkeypatch.setattr(pyica.registry, "create_model", real)
+    render = pyica.maps.render_map
+
+    def flaky(image, grid, **kwargs):
+        if image.size == (200, 200):
+            raise RuntimeError("boom in the rendering")
+        return render(image, grid, **kwargs)
+
+    monkeypatch.setattr(pyica.maps, "render_map", flaky)
+    out2, maps2 = tmp_path / "out2.csv", tmp_path / "maps2"
+    assert main(["score", str(folder), "-o", str(out2), "--maps", str(maps2), "-m", "edge_density", "-q",
+                 "--workers", "0"]) == 0
+    assert sorted(p.name for p in maps2.glob("*.png")) == ["0.map.png", "2.map.png"]
+    meta = json.loads((tmp_path / "out2.csv.meta.json").read_text())["maps"]
+    assert meta["errors"] == 1 and "1.png" in meta["failures"][0] and "boom in the rendering" in meta["failures"][0]
+
+
+def _reference_maps(inputs, maps_dir, model, patch=0.25, stride=0.5, value_range=(0.0, 1.0)):
+    """The maps as pyica wrote them before maps were made with the scores: each image loaded again in
+    the main process, its patches scored one image at a time by complexity_map, rendered and written."""
+    from pyica.inputs import iter_image_paths
+    from pyica.loading import load_image
+
+    root = inputs_root(inputs)
+    for path in iter_image_paths(inputs):
+        image = load_image(path)
+        score = float(model.score_images([image])[0])
+        boxes, _ = patch_grid(image.width, image.height, patch, stride)
+        grid = complexity_map(model, image, patch, stride, batch_size=32)
+        write_map(maps_dir, path, grid, render_map(image, grid, score=score, value_range=value_range, boxes=boxes),
+                  root)
+
+
+def _photos(folder):
+    """Photo-like images of a few sizes and aspect ratios (a sub-folder too), from the shipped examples."""
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples" / "images").glob("*.jpg"))[:5]
+    sizes = [(300, 200), (200, 300), (257, 190), (160, 160), (410, 230)]
+    (folder / "sub").mkdir(parents=True)
+    for i, (src, size) in enumerate(zip(examples, sizes)):
+        target = folder / ("sub" if i % 2 else "") / f"{src.stem}.{'png' if i == 3 else 'jpg'}"
+        Image.open(src).convert("RGB").resize(size).save(target, quality=90)
+    return folder
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cli_writes_the_same_map_files_as_the_one_image_at_a_time_reference(tmp_path, workers):
+    """Maps made with the scores (workers prepare the patches; patches of several images share forwards) are
+    the files the reference path writes: the same names, the same grids, the same pictures byte for byte."""
+    folder = _photos(tmp_path / "imgs")
+    ref, maps = tmp_path / "ref", tmp_path / "maps"
+    _reference_maps([str(folder)], ref, create_model("edge_density"))
+    assert main(["score", str(folder), "-o", str(tmp_path / "s.csv"), "--maps", str(maps), "-m", "edge_density",
+                 "-q", "--workers", str(workers), "--batch-size", "2"]) == 0
+    names = sorted(p.relative_to(ref).as_posix() for p in ref.rglob("*") if p.is_file())
+    assert len(names) == 10 and sorted(p.relative_to(maps).as_posix() for p in maps.rglob("*") if p.is_file()) == names
+    for name in names:
+        assert (maps / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_default_model_maps_equal_complexity_map(tmp_path, workers):
+    """The default model: grids made the new way equal complexity_map's, image by image (allclose), with
+    the patches of several images scored in shared batches, and the scores equal score_paths'."""
+    from pyica.inputs import iter_image_paths
+    from pyica.loading import load_image
+    from pyica.scoring import MapTimes, score_paths, score_paths_with_maps
+
+    folder = _photos(tmp_path / "imgs")
+    model = create_model("effnet_lite0_within.savoias", device="cpu")
+    paths = list(iter_image_paths([str(folder)]))
+    times = MapTimes()
+    pairs = list(score_paths_with_maps(paths, model, batch_size=4, map_batch_size=13, num_workers=workers,
+                                       times=times))
+    assert [r.path for r, _ in pairs] == paths and times.forward > 0
+    plain = list(score_paths(paths, model, batch_size=4, num_workers=0))
+    np.testing.assert_allclose([r.score for r, _ in pairs], [r.score for r in plain], atol=1e-5)
+    for record, prepared in pairs:
+        image = load_image(record.path)
+        reference = complexity_map(model, image)
+        assert prepared.error is None and prepared.patches is None
+        assert prepared.grid.dtype == np.float32 and prepared.grid.shape == reference.shape
+        np.testing.assert_allclose(prepared.grid, reference, atol=1e-5, rtol=0)
+        assert prepared.boxes == patch_grid(image.width, image.height)[0]
+        assert np.array_equal(np.asarray(overlay(prepared.image, prepared.grid, boxes=prepared.boxes)),
+                              np.asarray(overlay(image, prepared.grid, boxes=prepared.boxes)))
+
+
+def test_map_inputs_failures_and_patch_fractions():
+    """map_inputs checks the fractions; a failed input gets no map; the patches follow the fractions asked for."""
+    from pyica.maps import map_inputs
+
+    model = create_model("edge_density")
+    with pytest.raises(ValueError, match="patch_fraction"):
+        map_inputs(model, 0.0)
+    transform, collate = map_inputs(model, 0.5, 1.0)
+    item, prepared = transform(_half_noise(96, 64))
+    assert prepared.shape == (2, 3) and len(prepared.patches) == 6 and prepared.image.mode == "L"
+    score_batch, maps_of = collate([(item, prepared)])
+    assert len(score_batch) == 1 and maps_of == [prepared]
+
+
+def test_score_paths_with_maps_gives_failed_inputs_no_map(tmp_path):
+    from pyica.scoring import score_paths_with_maps
+
+    good, bad = tmp_path / "a.png", tmp_path / "b.png"
+    _half_noise(64, 48).save(good)
+    bad.write_bytes(b"not a png")
+    pairs = list(score_paths_with_maps([str(good), str(bad)], create_model("edge_density"), patch_fraction=0.5,
+                                       stride_fraction=1.0, num_workers=0))
+    (rec_a, map_a), (rec_b, map_b) = pairs
+    assert rec_a.score is not None and map_a.grid.shape == patch_grid(64, 48, 0.5, 1.0)[1] == (2, 2)
+    assert rec_b.error and map_b is None
 
 
 def test_cli_maps_of_same_stem_inputs_scales_and_refusals(tmp_path, caplog):

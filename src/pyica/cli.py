@@ -485,56 +485,67 @@ def cmd_score(args) -> int:
         maps_written, map_errors, map_failures, map_seconds = 0, 0, [], 0.0
         if args.maps:
             from . import maps as mapping
-            from .loading import ImageLoadError, load_image
+            from .scoring import MapTimes, score_paths_with_maps
 
             maps_root = mapping.inputs_root(args.inputs)
             map_range = mapping.fixed_range(model.score_range) if args.map_scale == "fixed" else None
             if args.map_scale == "fixed" and map_range is None:
                 log.warning("%s has an open score range (%s): maps are scaled per image, not comparable",
                             args.model, model.score_range)
+            map_times = MapTimes()
 
-        def write_maps(records) -> None:
-            """Maps of the scored records (called after their scores are written); a failure is logged and kept."""
+        def write_maps(pairs) -> None:
+            """Maps of the scored records (called after their scores are written); a failure is logged and kept.
+            Each map's grid was computed with its score, from the same decoded image (score_paths_with_maps)."""
             nonlocal maps_written, map_errors, map_seconds
             if not args.maps:
                 return
             t_maps = time.perf_counter()
-            for rec in records:
+            for rec, prepared in pairs:
                 if rec.error:
                     continue
                 try:
-                    image = load_image(rec.path, args.max_pixels)
-                    boxes, _ = mapping.patch_grid(image.width, image.height, args.map_patch, args.map_stride)
-                    grid = mapping.complexity_map(model, image, args.map_patch, args.map_stride, batch_size=args.batch_size)
-                    picture = mapping.render_map(image, grid, score=rec.score, value_range=map_range, boxes=boxes)
-                    mapping.write_map(args.maps, rec.path, grid, picture, maps_root)
+                    if prepared.error:
+                        raise RuntimeError(prepared.error)
+                    picture = mapping.render_map(prepared.image, prepared.grid, score=rec.score, value_range=map_range,
+                                                 boxes=prepared.boxes)
+                    mapping.write_map(args.maps, rec.path, prepared.grid, picture, maps_root)
                     maps_written += 1
                 except Exception as err:  # one bad map must not stop the job
-                    message = str(err) if isinstance(err, ImageLoadError) else f"{rec.path}: {type(err).__name__}: {err}"
+                    cause = prepared.error if prepared.error else f"{type(err).__name__}: {err}"
+                    message = f"{rec.path}: {cause}"
                     log.warning("map failed: %s", message)
                     if len(map_failures) < 100:  # the metadata lists the first 100, counts them all
                         map_failures.append(message)
                     map_errors += 1
+                prepared.image = None
             map_seconds += time.perf_counter() - t_maps
 
         t_model = time.perf_counter()
         batch: list = []
         first_error = None
-        for record in score_paths(paths, model, batch_size=args.batch_size, num_workers=args.workers,
-                                  precision=args.precision, max_pixels=args.max_pixels,
-                                  progress=not args.quiet, model_name=args.model, total=total):
-            batch.append(record)
+        common = dict(batch_size=args.batch_size, num_workers=args.workers, precision=args.precision,
+                      max_pixels=args.max_pixels, progress=not args.quiet, model_name=args.model, total=total)
+        if args.maps:
+            scored = score_paths_with_maps(paths, model, patch_fraction=args.map_patch,
+                                           stride_fraction=args.map_stride, times=map_times, **common)
+        else:
+            scored = ((record, None) for record in score_paths(paths, model, **common))
+        for record, prepared in scored:
+            batch.append((record, prepared))
             if record.error:
                 n_errors += 1
                 first_error = first_error or record.error
             else:
                 n_scored += 1
             if len(batch) >= args.batch_size:
-                writer.write(batch)
+                writer.write([r for r, _ in batch])
                 write_maps(batch)
                 batch = []
-        writer.write(batch)
+        writer.write([r for r, _ in batch])
         write_maps(batch)
+        if args.maps:
+            map_seconds += map_times.forward  # the patches' forwards ran inside the scoring loop
         seconds = time.perf_counter() - t0
         scoring_seconds = time.perf_counter() - t_model - map_seconds
         skipped, processed = counts["skipped"], n_scored + n_errors

@@ -762,11 +762,12 @@ class _CollateWithErrors:
 
 
 def iter_loaded(paths: Iterable[str], transform: Callable, collate: Callable, *, batch_size: int,
-                num_workers: int | None, max_pixels: int | None, pin_memory: bool):
+                num_workers: int | None, max_pixels: int | None, pin_memory: bool, prefetch_factor: int = 4):
     """``(indices, paths, batch, errors)`` per batch, ``errors`` as ``(position, path, message)``.
 
     ``num_workers=None``: :func:`~pyica.runtime.default_num_workers`, or none when all the inputs fit in
-    one batch: a batch is loaded by one worker, so for a single batch a worker only adds its start-up."""
+    one batch: a batch is loaded by one worker, so for a single batch a worker only adds its start-up.
+    ``prefetch_factor``: batches each worker loads ahead (lower it when items are large, e.g. map patches)."""
     workers = num_workers
     if workers is None:
         if hasattr(paths, "__len__"):
@@ -785,7 +786,7 @@ def iter_loaded(paths: Iterable[str], transform: Callable, collate: Callable, *,
         collate_fn=_CollateWithErrors(collate),
         pin_memory=pin_memory,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=max(1, int(prefetch_factor)) if workers > 0 else None,
     )
     try:
         yield from loader

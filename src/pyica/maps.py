@@ -38,8 +38,9 @@ import contextlib
 import hashlib
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
@@ -51,6 +52,11 @@ __all__ = [
     "MIN_PATCH",
     "patch_grid",
     "complexity_map",
+    "PreparedMap",
+    "MapInputs",
+    "MapCollate",
+    "map_inputs",
+    "score_prepared",
     "upsample_map",
     "colormap",
     "overlay",
@@ -145,6 +151,123 @@ def complexity_map(model, image: Image.Image, patch_fraction: float = 0.25, stri
         crops = [image.crop(box) for box in boxes[i:i + batch_size]]
         scores.extend(model.score_images(crops).tolist())
     return np.asarray(scores, dtype=np.float32).reshape(shape)
+
+
+@dataclass
+class PreparedMap:
+    """One image's map on its way from a DataLoader worker to the model and the writer.
+
+    Made by :class:`MapInputs` in the worker: for patch maps, the patch ``boxes`` and grid ``shape``,
+    each patch preprocessed by the model's transform (``patches``) and the image in greyscale (all the
+    overlay needs of it); for a model with its own map (``native``), the RGB image. :func:`score_prepared`
+    fills ``grid`` (and drops ``patches``); ``error`` says why this map failed (the score is unaffected).
+    """
+
+    image: Image.Image | None = None
+    boxes: list[Box] | None = None
+    shape: tuple[int, int] | None = None
+    patches: list | None = None
+    native: bool = False
+    grid: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MapInputs:
+    """A model's transform, extended for maps (picklable: it runs in DataLoader workers).
+
+    ``image -> (transform(image), PreparedMap)``: the score's item exactly as without maps, and the map's
+    patches cropped (:func:`patch_grid`) and preprocessed by the same transform, as :func:`complexity_map`
+    does, so that an image is decoded once and the CPU work of its map is done in the workers. A
+    failure while preparing the map becomes the map's ``error`` and never costs the image its score.
+    ``native``: the model computes its own map (module doc): the RGB image is passed on instead.
+    """
+
+    transform: Callable
+    patch_fraction: float = 0.25
+    stride_fraction: float = 0.5
+    native: bool = False
+
+    def __call__(self, image: Image.Image):
+        item = self.transform(image)
+        try:
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            if self.native:
+                prepared = PreparedMap(image=image, native=True)
+            else:
+                boxes, shape = patch_grid(image.width, image.height, self.patch_fraction, self.stride_fraction)
+                patches = [self.transform(image.crop(box)) for box in boxes]
+                prepared = PreparedMap(image=image.convert("L"), boxes=boxes, shape=shape, patches=patches)
+        except Exception as err:  # noqa: BLE001 - this map fails, the score goes on
+            prepared = PreparedMap(error=f"preparing the map failed ({type(err).__name__}: {err})")
+        return item, prepared
+
+
+@dataclass(frozen=True)
+class MapCollate:
+    """Collates the score items with the model's rule; the :class:`PreparedMap` objects travel as a list."""
+
+    collate: Callable
+
+    def __call__(self, items):
+        return self.collate([item for item, _ in items]), [prepared for _, prepared in items]
+
+
+def map_inputs(model, patch_fraction: float = 0.25, stride_fraction: float = 0.5) -> tuple[MapInputs, MapCollate]:
+    """The transform and collate that load an image once for both its score and its map (see
+    :class:`MapInputs`); a model with a ``native_map`` method gets its own map (module doc)."""
+    _check_fraction("patch_fraction", patch_fraction)
+    _check_fraction("stride_fraction", stride_fraction)
+    native = callable(getattr(model, "native_map", None))
+    return (MapInputs(model.transform, float(patch_fraction), float(stride_fraction), native),
+            MapCollate(model.collate))
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def score_prepared(model, prepared: Sequence[PreparedMap], batch_size: int = 32) -> None:
+    """Fill the ``grid`` of each :class:`PreparedMap` (or its ``error``), in place.
+
+    The patches of all the maps are scored together, ``batch_size`` at a time, through the model's
+    collate and ``score_batch``: the same numbers as :func:`complexity_map` on each image (to float
+    rounding of the batch composition). A batch that fails is retried map by map, so one bad map does
+    not fail the others. Native maps go through :func:`complexity_map` one image at a time.
+    """
+    batch_size = max(1, int(batch_size))
+    todo = [p for p in prepared if p.error is None and not p.native and p.patches is not None]
+    for p in prepared:
+        if p.error is None and p.native:
+            try:
+                p.grid = complexity_map(model, p.image)
+            except Exception as err:  # noqa: BLE001 - one bad map must not stop the job
+                p.error = _describe(err)
+    if todo:
+        items = [item for p in todo for item in p.patches]
+        try:
+            scores = np.concatenate([model.score_batch(model.collate(items[i:i + batch_size])).numpy()
+                                     for i in range(0, len(items), batch_size)])
+            if scores.shape != (len(items),):
+                raise ValueError(f"{len(items)} patches gave {scores.shape[0]} scores")
+        except Exception:  # noqa: BLE001 - find which map fails: score each on its own
+            scores = None
+        start = 0
+        for p in todo:
+            n = len(p.patches)
+            try:
+                if scores is not None:
+                    values = scores[start:start + n]
+                else:
+                    values = np.concatenate([model.score_batch(model.collate(p.patches[i:i + batch_size])).numpy()
+                                             for i in range(0, n, batch_size)])
+                p.grid = np.asarray(values, dtype=np.float32).reshape(p.shape)
+            except Exception as err:  # noqa: BLE001
+                p.error = _describe(err)
+            start += n
+    for p in prepared:
+        p.patches = None  # the memory goes as soon as the scores are in
 
 
 def _interp_weights(n_out: int, centres: Sequence[float]) -> np.ndarray:

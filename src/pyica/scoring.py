@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -26,7 +27,7 @@ import torch
 from .inputs import iter_loaded
 from .progress import progress_bar
 
-__all__ = ["ScoreRecord", "score_paths", "PRECISIONS", "parse_shard", "rank_output_path"]
+__all__ = ["ScoreRecord", "score_paths", "score_paths_with_maps", "MapTimes", "MAP_IMAGES_PER_BATCH", "PRECISIONS", "parse_shard", "rank_output_path"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -61,12 +62,78 @@ def score_paths(
     ``paths`` may be a sequence or any iterable (a generator is consumed lazily, so memory does not
     grow with its length); the progress bar's total is ``total``, else ``len(paths)`` when it has one.
     """
+    with contextlib.closing(_scored(paths, model, batch_size=batch_size, num_workers=num_workers, precision=precision,
+                                    max_pixels=max_pixels, progress=progress, model_name=model_name,
+                                    total=total)) as scored:
+        for record, _ in scored:
+            yield record
+
+
+#: Images per loading batch when maps are made: each carries its preprocessed patches (about 50-80 of
+#: them at the model's input size), so batches stay small and workers prefetch less.
+MAP_IMAGES_PER_BATCH = 8
+
+
+@dataclass
+class MapTimes:
+    """Seconds the main process spent on patch forwards (:func:`score_paths_with_maps`)."""
+
+    forward: float = 0.0
+
+
+def score_paths_with_maps(
+    paths: Iterable[str],
+    model,
+    *,
+    patch_fraction: float = 0.25,
+    stride_fraction: float = 0.5,
+    batch_size: int = 32,
+    map_batch_size: int | None = None,
+    num_workers: int | None = None,
+    precision: str = "fp32",
+    max_pixels: int | None = None,
+    progress: bool = False,
+    model_name: str | None = None,
+    total: int | None = None,
+    times: MapTimes | None = None,
+) -> Iterator[tuple[ScoreRecord, Any]]:
+    """:func:`score_paths` that also makes each image's complexity map from the same decoded image:
+    yields ``(record, prepared)`` in input order, ``prepared`` a :class:`pyica.maps.PreparedMap` with its
+    ``grid`` (or its ``error``), ``None`` for an input that failed to load.
+
+    The DataLoader workers crop and preprocess the patches (:class:`pyica.maps.MapInputs`) and the patches
+    of all the images of a loading batch (at most :data:`MAP_IMAGES_PER_BATCH`) are scored together,
+    ``map_batch_size`` (default ``batch_size``) at a time, in fp32 whatever ``precision`` (as
+    :func:`pyica.maps.complexity_map` does); the grids equal that function's to float rounding.
+    ``times``: accumulates the patch-forward seconds (the scores' own time is the rest).
+    """
+    from . import maps
+
+    transform, collate = maps.map_inputs(model, patch_fraction, stride_fraction)
+    map_batch = map_batch_size or batch_size
+
+    def after(prepared_list):
+        t = time.perf_counter()
+        maps.score_prepared(model, prepared_list, map_batch)
+        if times is not None:
+            times.forward += time.perf_counter() - t
+
+    yield from _scored(paths, model, batch_size=min(batch_size, MAP_IMAGES_PER_BATCH), num_workers=num_workers,
+                       precision=precision, max_pixels=max_pixels, progress=progress, model_name=model_name,
+                       total=total, transform=transform, collate=collate, after=after, prefetch_factor=2)
+
+
+def _scored(paths, model, *, batch_size, num_workers, precision, max_pixels, progress, model_name, total,
+            transform=None, collate=None, after=None, prefetch_factor=4) -> Iterator[tuple[ScoreRecord, Any]]:
+    """``(record, extra)`` in input order; with ``after``, the collated batch is ``(scores' batch, extras)``
+    and ``after(extras)`` runs before the batch's records are yielded (extras of failed inputs: ``None``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     name = model_name or getattr(model, "name", type(model).__name__)
     device = model.device
-    batches = iter_loaded(paths, model.transform, model.collate, batch_size=batch_size, num_workers=num_workers,
-                          max_pixels=max_pixels, pin_memory=device.type == "cuda")
+    batches = iter_loaded(paths, transform or model.transform, collate or model.collate, batch_size=batch_size,
+                          num_workers=num_workers, max_pixels=max_pixels, pin_memory=device.type == "cuda",
+                          prefetch_factor=prefetch_factor)
     dtype = PRECISIONS[precision]
     autocast = (
         torch.autocast(device_type=device.type, dtype=dtype)
@@ -79,13 +146,19 @@ def score_paths(
     try:
         for indices, keys, batch, errors in batches:
             records: dict[int, ScoreRecord] = {i: ScoreRecord(path, name, None, err) for i, path, err in errors}
+            extras: dict[int, Any] = {}
             if indices:
+                if after is not None:
+                    batch, extra = batch
+                    extras = dict(zip(indices, extra))
                 with autocast:
                     scores = model.score_batch(batch)
                 for i, path, value in zip(indices, keys, scores.tolist()):
                     records[i] = ScoreRecord(path, name, float(value), None)
+                if after is not None:
+                    after(list(extras.values()))
             for i in sorted(records):
-                yield records[i]
+                yield records[i], extras.get(i)
             bar.update(len(records))
     finally:
         bar.close()
