@@ -521,3 +521,17 @@ def test_maps_figure_lays_out_one_row_per_image_and_one_tile_per_model(tmp_path,
     assert len(lines) == 4
     scores = {(line.split()[0], line.split()[1]): float(line.split()[3]) for line in lines}
     assert scores[("noisy", "entropy")] > scores[("flat", "entropy")]
+
+
+def test_a_large_jpeg_scores_the_same_with_and_without_maps(tmp_path):
+    """Maps decode what the score decodes (a reduced JPEG), so --maps never changes a score."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = np.kron(rng.integers(0, 256, (60, 80, 3)), np.ones((20, 20, 1))).astype(np.uint8)  # 1600 x 1200
+    Image.fromarray(pixels).save(folder / "big.jpg", quality=90)
+    plain, mapped = tmp_path / "plain.csv", tmp_path / "mapped.csv"
+    assert main(["score", str(folder), "-o", str(plain), "-q", "--workers", "0"]) == 0
+    assert main(["score", str(folder), "-o", str(mapped), "-q", "--workers", "0", "--maps", str(tmp_path / "m")]) == 0
+    assert read_scores(plain)[0]["score"] == read_scores(mapped)[0]["score"]
+    assert (tmp_path / "m" / "big.map.npy").exists()

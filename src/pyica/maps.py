@@ -203,6 +203,12 @@ class MapInputs:
             prepared = PreparedMap(error=f"preparing the map failed ({type(err).__name__}: {err})")
         return item, prepared
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """What the model's transform asks to decode (``pyica.loading.load_image``), so that a score is the
+        same with or without ``--maps``; the map's patches are cut from that image. Native maps: full size."""
+        inner = getattr(self.transform, "decode_size", None)
+        return None if self.native or inner is None else inner(width, height)
+
 
 @dataclass(frozen=True)
 class MapCollate:
