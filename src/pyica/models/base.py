@@ -43,6 +43,9 @@ class ComplexityModel(torch.nn.Module):
     Subclasses set:
 
     * ``transform``: callable ``PIL.Image (RGB) -> item``, picklable (it runs in worker processes);
+      it may declare ``decode_size(width, height) -> (w, h)``, the smallest image it needs, so that
+      JPEGs are decoded reduced (:func:`pyica.loading.load_image`); without it, images come at full
+      resolution (models that need every pixel, e.g. classic measures, declare nothing);
     * ``collate``: callable ``list[item] -> batch`` (default: ``torch.stack``);
     * ``forward(batch) -> Tensor[B]``: the complexity scores.
 
