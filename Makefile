@@ -15,7 +15,7 @@ CONSTRAINTS := constraints.txt
 PYICA_DATA ?= $(abspath ../shared/data)
 export PYICA_DATA
 
-.PHONY: demo test test-compare test-all install install-dev examples clean
+.PHONY: demo test test-compare test-all mutate install install-dev examples clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: $(VENV)/.dev
 
 test-compare: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m compare
+
+# every paper detail the tests pin must make them fail when changed (tests/mutations.txt)
+mutate: $(VENV)/.dev
+	$(BIN)/python tests/mutate.py
 
 test-all: $(VENV)/.dev
 	$(BIN)/python -m pytest -q -m "compare or not compare"
