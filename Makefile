@@ -4,6 +4,7 @@
 #                 (without the slow `compare` tests: pyproject.toml's addopts leaves them out)
 #   make test-compare - only the `compare` tests (the comparison benchmark training ICNet; about a minute)
 #   make test-all     - every test
+#   make mutate       - the mutation check: each paper detail in tests/mutations.txt changed must fail its tests
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
