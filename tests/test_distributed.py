@@ -11,6 +11,11 @@ process alone, and compares:
 * a tiny ICNet trained end to end (the shared loop's DDP and global-batch BatchNorm2d), global batch
   4 = 2 x 2, with flips and a validation part;
 
+* CLICv2's loss and gradients on one global batch of 8 = 2 x 4 (patch-wise and image-wise InfoNCE):
+  each process scores its queries against the key features of the whole global batch (gathered),
+  its positives at its own offset, so the loss the loop reports (the ranks' mean) and the
+  DDP-averaged gradients are those of one process with all 8 images;
+
 and, marked slow, a tiny offline CM-SSA with both branches (the in-batch caption softmax over the
 gathered global batch, the trainable BatchNorm ``image_norm``), Adam.
 
@@ -23,6 +28,12 @@ partial sums), so results agree up to float32 rounding, not bit for bit:
 * default model: features and ridge head measured identical (each image's features do not depend
   on which images share its batch); asserted: 1e-5 relative, 1e-6 absolute.
 * ICNet (SGD, 2 epochs): measured at most 2.4e-7 on parameters, 6e-8 on scores; asserted: 1e-5.
+* CLICv2 (one step, no update): the same views and masks in both runs (drawn for the global batch,
+  then shared out), global-batch BatchNorm in the heads (``sync_bn``); measured at most 4e-6 on
+  the total loss (~41: MEM's sum over masked patches dominates), 1e-6 on the contrastive part (~5.06),
+  2.3e-5 on gradients of up to ~100 (relative 2e-7); asserted: 1e-4 absolute on the loss and its
+  parts (the issue's bound), 1e-5 absolute + 1e-5 relative on gradients. Without the gathering
+  the two processes reported a patch-wise contrastive loss of 4.36 instead of 5.06.
 * CM-SSA (Adam, lr 1e-2, 4 steps): measured at most 1.7e-5 on parameters, 4e-7 on scores. Adam
   divides by the root of the squared-gradient average, which amplifies rounding differences of
   near-zero gradients; asserted: 1e-4 absolute (1 % of one Adam step of this lr).
@@ -48,6 +59,8 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
 PROBE_ATOL = 2e-5
 ICNET_ATOL = 1e-5
 CMSSA_ATOL = 1e-4
+CLICV2_LOSS_ATOL = 1e-4
+CLICV2_GRAD_TOL = 1e-5
 FEATURE_RTOL = 1e-5
 
 
@@ -191,10 +204,41 @@ def _icnet_results(data: Path) -> dict:
             "losses": [row["loss"] for row in fit["history"]]}
 
 
+def _clicv2_results() -> dict:
+    """One CLICv2 step on a global batch of 8 images: this process's share (strided, as the pretraining
+    stream deals it) of views and masks drawn once for the whole batch; the loss parts as the loop
+    reports them (mean over the ranks) and the gradients as DDP averages them."""
+    from test_clicv2 import tiny_config
+
+    from pyica.models.clicv2 import CLICv2
+    from pyica.training import distributed
+    from pyica.training.loop import _epoch_means
+
+    dist = distributed.current("cpu")
+    out = {}
+    for contrast in ("patch", "image"):
+        torch.manual_seed(0)
+        model = distributed.convert_global_batchnorm(CLICv2(tiny_config(contrast=contrast)))
+        images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        inputs = model.sample_inputs(images, torch.Generator().manual_seed(2))
+        local = [distributed.shard(x, dist.rank, dist.world) for x in inputs]
+        loss, parts = model.loss_on_views(*local)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        if dist.world > 1:
+            for g in grads.values():
+                torch.distributed.all_reduce(g)
+                g /= dist.world
+        n_local = local[0].shape[0]
+        out[contrast] = {"parts": _epoch_means([parts], [(n_local, images.shape[0])], dist), "grads": grads}
+    return out
+
+
 TASKS = {"probe_ridge": lambda data, out: {"probe": _probe_results(data / "probe"),
                                             "ridge": _ridge_results(data / "ridge", out),
                                             "icnet": _icnet_results(data / "icnet")},
-         "cmssa": lambda data, out: {"cmssa": _cmssa_results(data / "cmssa")}}
+         "cmssa": lambda data, out: {"cmssa": _cmssa_results(data / "cmssa")},
+         "clicv2": lambda data, out: {"clicv2": _clicv2_results()}}
 
 
 def _run_tasks(task: str, data: Path, out_dir: Path) -> dict:
@@ -306,6 +350,30 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     torch.testing.assert_close(b["scores"], a["scores"], atol=ICNET_ATOL, rtol=0)
     print(f"\nICNet, 2 processes vs 1: max |diff| parameters {_max_diff(floats, b['state']):.2e}, "
           f"scores {_max_diff({'s': a['scores']}, {'s': b['scores']}):.2e} (allowed {ICNET_ATOL:g})")
+
+
+def test_two_processes_compute_the_clicv2_loss_of_one_process_on_the_global_batch(tmp_path):
+    """Issue 22: the negatives are the global batch's (keys gathered across processes, MoCo's
+    ``concat_all_gather``), so 2 processes of 4 images report the loss of 1 process of 8."""
+    procs = _launch("clicv2", tmp_path)
+    try:
+        one = _run_tasks("clicv2", tmp_path / "data_one", tmp_path / "out_one")["clicv2"]
+    finally:
+        _wait(procs)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)["clicv2"]
+    for contrast in ("patch", "image"):
+        a, b = one[contrast], two[contrast]
+        assert a["parts"].keys() == b["parts"].keys() == {"contrastive", "reconstruction", "loss"}
+        for key in a["parts"]:
+            assert abs(b["parts"][key] - a["parts"][key]) <= CLICV2_LOSS_ATOL, (contrast, key, a["parts"], b["parts"])
+        assert a["grads"].keys() == b["grads"].keys()
+        assert not any(name.startswith("key_") for name in a["grads"])  # no gradient through the keys
+        for name in a["grads"]:
+            torch.testing.assert_close(b["grads"][name], a["grads"][name], atol=CLICV2_GRAD_TOL, rtol=CLICV2_GRAD_TOL,
+                                       msg=name)
+        print(f"\nCLICv2 ({contrast}-wise), 2 processes vs 1: loss {b['parts']['loss']:.6f} vs {a['parts']['loss']:.6f} "
+              f"(contrastive {b['parts']['contrastive']:.6f} vs {a['parts']['contrastive']:.6f}), "
+              f"max |diff| gradients {_max_diff(a['grads'], b['grads']):.2e}")
 
 
 @pytest.mark.slow

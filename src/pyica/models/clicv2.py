@@ -90,6 +90,15 @@ Open points: what the paper says, what we chose, why
     masking: the switches are separate so both readings can be run. ``augment=False`` turns the
     per-patch augmentation off (Table 3 (a)/(d)); ``freeze_patch_embed`` is MoCo v3's
     stability trick for ViTs (off by default; the paper does not mention it).
+16. **Several processes (torchrun).** "We select negative samples from different patches within the
+    same mini-batch": the mini-batch is the global one (the paper: 2048 images on 4 GPUs). Each
+    process scores its own queries against the key features of every process's images, gathered
+    without gradient (MoCo's ``concat_all_gather``, :func:`gather_keys`); its positives sit at its
+    images' offset among them. With equal shares, the mean of the processes' losses (what the loop
+    reports) and DDP's mean of their gradients are those of one process with the whole batch, given
+    global-batch BatchNorm in the heads (``"sync_bn": true``; per-process BatchNorm statistics are a
+    separate difference). In one process nothing changes (the very key tensor, offset 0). Cost: the
+    logits grow to (local queries) x (global keys), 4x those of one process's keys on 4 GPUs.
 """
 
 from __future__ import annotations
@@ -106,7 +115,7 @@ from .vit import VIT_PRESETS, Block, ViT, ViTConfig, init_vit_weights, sincos_po
 
 __all__ = ["TARGETS", "CONTRASTS", "DIRECTIONS", "PatchAugConfig", "CLICv2Config", "patchify", "unpatchify",
            "augment_patches", "shift_patches", "shifted_patchify", "mask_count", "random_masking", "patchwise_info_nce",
-           "imagewise_info_nce", "patch_entropy", "patch_pixels_target", "patch_frequency_target",
+           "imagewise_info_nce", "gather_keys", "patch_entropy", "patch_pixels_target", "patch_frequency_target",
            "reconstruction_target", "target_size", "masked_reconstruction_loss", "MEMDecoder", "mlp_head", "CLICv2"]
 
 TARGETS = ("entropy", "pixels", "frequency")
@@ -385,27 +394,43 @@ def random_masking(batch: int, num_patches: int, mask_ratio: float, generator: t
 
 # --- contrastive losses --------------------------------------------------------------------------
 
-def patchwise_info_nce(q: torch.Tensor, k: torch.Tensor, q_index: torch.Tensor, temperature: float) -> torch.Tensor:
+def patchwise_info_nce(q: torch.Tensor, k: torch.Tensor, q_index: torch.Tensor, temperature: float,
+                       offset: int = 0) -> torch.Tensor:
     """L_PwIN (Eq. 2-3, standard-InfoNCE reading). ``q`` (B, G', D): query features of the visible
-    patches, ``q_index`` (B, G') their grid indices; ``k`` (B, G, D): key features of all patches.
+    patches, ``q_index`` (B, G') their grid indices; ``k`` (B_all, G, D): key features of all patches
+    of the mini-batch, of which this process's images are ``offset:offset + B`` (with several
+    processes ``k`` is the global batch's keys, gathered; in one process ``B_all = B``, ``offset = 0``).
 
-    Query (i, j) is scored against all B*G keys; the target is key (i, q_index[i, j]); every other
-    key (other patches of image i and all patches of the other images) is a negative. Mean over all
-    B*G' queries. Features are L2-normalised here.
+    Query (i, j) is scored against all B_all*G keys; the target is key (offset + i, q_index[i, j]);
+    every other key (other patches of image i and all patches of the other images) is a negative.
+    Mean over all B*G' queries. Features are L2-normalised here.
     """
     b, gq, d = q.shape
     g = k.shape[1]
     qn = F.normalize(q.float(), dim=-1).reshape(b * gq, d)
-    kn = F.normalize(k.float(), dim=-1).reshape(b * g, d)
+    kn = F.normalize(k.float(), dim=-1).reshape(-1, d)
     logits = qn @ kn.t() / temperature
-    target = (torch.arange(b, device=q.device)[:, None] * g + q_index).reshape(-1)
+    positive_image = offset + torch.arange(b, device=q.device)
+    target = (positive_image[:, None] * g + q_index).reshape(-1)
     return F.cross_entropy(logits, target)
 
 
-def imagewise_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
-    """L_IN (Eq. 1) with in-batch negatives: ``q``, ``k`` (B, D); image i's positive is key i."""
+def imagewise_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
+    """L_IN (Eq. 1) with in-batch negatives: ``q`` (B, D), ``k`` (B_all, D) (the global batch's keys,
+    this process's at ``offset:offset + B``); image i's positive is key ``offset + i``."""
     logits = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).t() / temperature
-    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+    return F.cross_entropy(logits, offset + torch.arange(q.shape[0], device=q.device))
+
+
+def gather_keys(k: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The key features of every process's images, in rank order (no gradient: the keys have none),
+    and the offset of this process's images among them; ``(k, 0)`` in a single process (open point 16)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_world_size() == 1:
+        return k, 0
+    from ..training.distributed import all_gather_rows  # only under torchrun
+
+    return all_gather_rows(k)
 
 
 # --- masked entropy modelling: targets and loss --------------------------------------------------
@@ -565,17 +590,30 @@ class CLICv2(nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_on_views(*self.sample_inputs(images, generator))
+
+    def sample_inputs(self, images: torch.Tensor, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The random part of a step: ``(view_q, view_k, keep, mask)``, two independent SP views
+        (B, G, 3, p, p) in [0, 1] and the query view's mask (``None`` without masking)."""
         c = self.config
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != (c.image_size, c.image_size):
             raise ValueError(f"images must be (B, 3, {c.image_size}, {c.image_size}) in [0, 1], "
                              f"got {tuple(images.shape)}")
-        b, g = images.shape[0], c.num_patches
         view_q, _ = self.make_view(images, generator)
         view_k, _ = self.make_view(images, generator)  # independent augmentations and shifts
-
         keep = mask = None
         if c.use_mask:
-            keep, mask = random_masking(b, g, c.mask_ratio, generator, images.device)
+            keep, mask = random_masking(images.shape[0], c.num_patches, c.mask_ratio, generator, images.device)
+        return view_q, view_k, keep, mask
+
+    def loss_on_views(self, view_q: torch.Tensor, view_k: torch.Tensor, keep: torch.Tensor | None,
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``(loss, parts)`` of the views and mask of :meth:`sample_inputs`. Under torchrun the key
+        features of all processes are gathered (:func:`gather_keys`), so the negatives are those of
+        the global batch, as in one process."""
+        c = self.config
+        b, g = view_q.shape[0], c.num_patches
         q_tokens = self.encoder.forward_tokens_from_patches(self.normalise(view_q), keep)
         with torch.no_grad():
             k_tokens = self.key_encoder.forward_tokens_from_patches(self.normalise(view_k))
@@ -585,13 +623,15 @@ class CLICv2(nn.Module):
             qf = self.predictor(self.projector(visible.flatten(0, 1))).view(b, visible.shape[1], -1)
             with torch.no_grad():
                 kf = self.key_projector(k_tokens[:, 1:].flatten(0, 1)).view(b, g, -1)
-            q_index = keep if keep is not None else torch.arange(g, device=images.device).expand(b, g)
-            l_con = patchwise_info_nce(qf, kf, q_index, c.temperature)
+            q_index = keep if keep is not None else torch.arange(g, device=view_q.device).expand(b, g)
+            kf_all, offset = gather_keys(kf)
+            l_con = patchwise_info_nce(qf, kf_all, q_index, c.temperature, offset)
         else:
             qf = self.predictor(self.projector(q_tokens[:, 0]))
             with torch.no_grad():
                 kf = self.key_projector(k_tokens[:, 0])
-            l_con = imagewise_info_nce(qf, kf, c.temperature)
+            kf_all, offset = gather_keys(kf)
+            l_con = imagewise_info_nce(qf, kf_all, c.temperature, offset)
 
         loss = l_con
         parts = {"contrastive": float(l_con.detach())}

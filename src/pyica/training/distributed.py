@@ -42,7 +42,7 @@ from torch.nn import functional as F
 from ..runtime import resolve_device, torchrun_env
 
 __all__ = ["Distributed", "current", "process_device", "shard", "loss_scale", "wrap_ddp", "GlobalBatchNorm",
-           "convert_global_batchnorm", "revert_global_batchnorm", "all_gather_with_grad", "autocast",
+           "convert_global_batchnorm", "revert_global_batchnorm", "all_gather_with_grad", "all_gather_rows", "autocast",
            "grad_scaler", "AMP_DTYPES"]
 
 
@@ -320,6 +320,26 @@ def all_gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     stacked = _AllGather.apply(padded)
     rank = torch.distributed.get_rank()
     return torch.cat([stacked[r, :n] for r, n in enumerate(sizes)]), sum(sizes[:rank])
+
+
+@torch.no_grad()
+def all_gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every process's rows of ``x`` concatenated in rank order (row counts may differ), without
+    gradient (MoCo's ``concat_all_gather`` for the momentum keys); and the offset of this process's
+    rows. In a single process: ``(x, 0)``, the very tensor."""
+    if _group_size() == 1:
+        return x, 0
+    x = x.detach()
+    world = torch.distributed.get_world_size()
+    counts = torch.tensor([x.shape[0]], device=x.device if x.device.type == "cuda" else "cpu")
+    all_counts = [torch.zeros_like(counts) for _ in range(world)]
+    torch.distributed.all_gather(all_counts, counts)
+    sizes = [int(c.item()) for c in all_counts]
+    padded = F.pad(x, (0, 0) * (x.ndim - 1) + (0, max(sizes) - x.shape[0])).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(parts, padded)
+    rank = torch.distributed.get_rank()
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
