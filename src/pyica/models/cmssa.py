@@ -296,13 +296,17 @@ class CMSSA(ComplexityModel):
         return self._image_embeddings(x, self.prompts.alignment_vision_prompts(), from_trunk)
 
     def caption_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """The frozen part of the caption encoding (cacheable): the plain, prompt-free text encoder,
-        as the reference code's separate frozen caption encoder."""
+        """Captions through the plain, prompt-free text encoder: paper Eq. 3 / 8, ``f_text(X^Scene)``.
+
+        The paper fine-tunes CLIP, and its ``f_text`` reads the captions as it reads the level
+        prompts, so with ``train_backbone`` the alignment loss L_A reaches the text encoder through
+        the captions. Frozen (the reference code's separate frozen caption encoder) nothing there
+        can learn: no graph is kept and the trainer caches the result."""
         tokens = self.encoders.tokenize(list(texts))
         ids, mask = tokens["input_ids"].to(self.level_ids.device), tokens["attention_mask"].to(self.level_ids.device)
         if hasattr(self.encoders, "caption_features"):
             return self.encoders.caption_features(ids, mask)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.config.train_backbone and torch.is_grad_enabled()):
             return self.encoders.encode_text(ids, mask)
 
     def caption_embeddings(self, features: torch.Tensor) -> torch.Tensor:
