@@ -5,9 +5,14 @@ the :class:`PromptableEncoders` interface here, e.g. :mod:`pyica.models.clip_map
 EfficientNet-Lite + MiniLM pair in :mod:`pyica.models.cmssa_offline`):
 
 * **complexity branch** (BranchC): the image against K learnable-context prompts, one per complexity
-  level ("X X X X X X X X simple complexity photo."). ``softmax(scale * cos)`` over the levels gives
-  the score: the probability of the first level (the reference code's readout, and paper Eq. 6) or
-  the expectation over levels 0..1 (the IPCE/LIQE-style alternative);
+  level ("X X X X X X X X simple complexity photo."), simplest first as the paper lists them.
+  ``softmax(scale * cos)`` over the levels gives the score: the probability of the first level (paper
+  Eq. 6 as printed, ``e^{s_i1} / sum_k e^{s_ik}``, and the reference code), of the last level, or the
+  expectation over levels 0..1 (the IPCE/LIQE-style alternative). Every readout is regressed to the
+  complexity MOS, so a higher score always means more complex; with "first" that makes the prompt
+  *named* "simple complexity" the one that learns to mean complex (the paper's k=1 is "Simple
+  Complexity"; CLIP-AGIQA, where this readout comes from, read P("good photo") for quality, which
+  was oriented). "last" and "expectation" keep the words and the score's direction in agreement;
 * **scene-semantic alignment branch** (BranchA): the image against a generated caption of itself,
   read by the plain (prompt-free) text encoder. Paper Eq. 8-9: an in-batch softmax over the captions,
   MSE to an all-ones target. Reference code: the per-image cosine, MSE to a constant.
@@ -50,7 +55,7 @@ LEVEL_NAMES = {
     7: ("very low complexity", "fairly low complexity", "slightly low complexity", "moderate level complexity",
         "slightly high complexity", "fairly high complexity", "very high complexity"),
 }
-READOUTS = ("first", "expectation")
+READOUTS = ("first", "last", "expectation")
 ALIGNMENTS = ("paper", "reference")
 BRANCHES = ("both", "complexity", "alignment")
 
@@ -60,8 +65,10 @@ class CMSSAConfig:
     """Everything that defines a CM-SSA model apart from the encoders' weights.
 
     ``levels``: 3, 5 or 7 (Table 4). ``n_ctx``: learnable context length (8). ``depth``: layers
-    that get prompts (MaPLe; clipped to the encoders' depth). ``readout``: "first" = P(first level)
-    (reference code, Eq. 6), "expectation" = sum_k p_k * k / (K - 1). ``branches``: "both",
+    that get prompts (MaPLe; clipped to the encoders' depth). ``readout``: "first" = P(first level,
+    "simple complexity") (reference code, Eq. 6 as printed), "last" = P(last level, "high
+    complexity"; the prompt words' orientation), "expectation" = sum_k p_k * k / (K - 1).
+    ``branches``: "both",
     "complexity" (Table 3 row 1) or "alignment" (row 2: the score is the Eq. 5 in-batch softmax of
     image vs caption, so captions are needed at test time too). ``alignment``: "paper" (Eq. 8,
     in-batch softmax, ``align_logit_scale`` 1 as written) or "reference" (per-image cosine).
@@ -167,9 +174,12 @@ def complexity_probabilities(image_emb: torch.Tensor, level_emb: torch.Tensor, l
 
 
 def complexity_readout(probs: torch.Tensor, readout: str = "first") -> torch.Tensor:
-    """Score from level probabilities: P(first level), or the expectation over levels 0..1."""
+    """Score from level probabilities (levels simplest first): P(first level), P(last level), or the
+    expectation over levels 0..1 (simplest 0, most complex 1)."""
     if readout == "first":
         return probs[:, 0]
+    if readout == "last":
+        return probs[:, -1]
     levels = torch.linspace(0.0, 1.0, probs.shape[1], device=probs.device, dtype=probs.dtype)
     return probs @ levels
 
@@ -250,7 +260,7 @@ class PatchGrid:
 class CMSSA(ComplexityModel):
     """CM-SSA on a :class:`PromptableEncoders` pair. ``forward`` scores images patch-wise."""
 
-    # both readouts lie in [0, 1]: "first" is a probability, "expectation" a mean of levels 0..1; the
+    # every readout lies in [0, 1]: "first"/"last" are probabilities, "expectation" a mean of levels 0..1; the
     # card and the registry take the range from here
     score_range = (0.0, 1.0)
 
@@ -296,13 +306,17 @@ class CMSSA(ComplexityModel):
         return self._image_embeddings(x, self.prompts.alignment_vision_prompts(), from_trunk)
 
     def caption_features(self, texts: Sequence[str]) -> torch.Tensor:
-        """The frozen part of the caption encoding (cacheable): the plain, prompt-free text encoder,
-        as the reference code's separate frozen caption encoder."""
+        """Captions through the plain, prompt-free text encoder: paper Eq. 3 / 8, ``f_text(X^Scene)``.
+
+        The paper fine-tunes CLIP, and its ``f_text`` reads the captions as it reads the level
+        prompts, so with ``train_backbone`` the alignment loss L_A reaches the text encoder through
+        the captions. Frozen (the reference code's separate frozen caption encoder) nothing there
+        can learn: no graph is kept and the trainer caches the result."""
         tokens = self.encoders.tokenize(list(texts))
         ids, mask = tokens["input_ids"].to(self.level_ids.device), tokens["attention_mask"].to(self.level_ids.device)
         if hasattr(self.encoders, "caption_features"):
             return self.encoders.caption_features(ids, mask)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.config.train_backbone and torch.is_grad_enabled()):
             return self.encoders.encode_text(ids, mask)
 
     def caption_embeddings(self, features: torch.Tensor) -> torch.Tensor:
