@@ -312,13 +312,19 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((torch.as_tensor(b[k]).double() - torch.as_tensor(a[k]).double()).abs().max()) for k in a)
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    procs = _launch("probe_ridge", tmp_path)  # they write tmp_path/two.pt and tmp_path/out_two/ (rank 0)
-    try:  # meanwhile, the same tasks in this process alone, on inputs of its own
-        one = _run_tasks("probe_ridge", tmp_path / "data_one", tmp_path / "out_one")
+def _one_and_two(tasks: str, tmp_path):
+    """The results of ``tasks`` run by 2 processes (launched first, writing tmp_path/two.pt and
+    tmp_path/out_two/ from rank 0) and, meanwhile, by this process alone on inputs of its own."""
+    procs = _launch(tasks, tmp_path)
+    try:
+        one = _run_tasks(tasks, tmp_path / "data_one", tmp_path / "out_one")
     finally:
         _wait(procs)
-    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    return one, torch.load(tmp_path / "two.pt", weights_only=True)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    one, two = _one_and_two("probe_ridge", tmp_path)
 
     for kind in ("linear", "icnet"):
         a, b = one["probe"][kind], two["probe"][kind]
@@ -355,12 +361,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 def test_two_processes_compute_the_clicv2_loss_of_one_process_on_the_global_batch(tmp_path):
     """Issue 22: the negatives are the global batch's (keys gathered across processes, MoCo's
     ``concat_all_gather``), so 2 processes of 4 images report the loss of 1 process of 8."""
-    procs = _launch("clicv2", tmp_path)
-    try:
-        one = _run_tasks("clicv2", tmp_path / "data_one", tmp_path / "out_one")["clicv2"]
-    finally:
-        _wait(procs)
-    two = torch.load(tmp_path / "two.pt", weights_only=True)["clicv2"]
+    one, two = (results["clicv2"] for results in _one_and_two("clicv2", tmp_path))
     for contrast in ("patch", "image"):
         a, b = one[contrast], two[contrast]
         assert a["parts"].keys() == b["parts"].keys() == {"contrastive", "reconstruction", "loss"}
@@ -379,12 +380,7 @@ def test_two_processes_compute_the_clicv2_loss_of_one_process_on_the_global_batc
 @pytest.mark.slow
 def test_two_processes_train_cmssa_like_one_process(tmp_path):
     pytest.importorskip("transformers")
-    procs = _launch("cmssa", tmp_path)
-    try:
-        one = _run_tasks("cmssa", tmp_path / "data_one", tmp_path / "out_one")["cmssa"]
-    finally:
-        _wait(procs)
-    two = torch.load(tmp_path / "two.pt", weights_only=True)["cmssa"]
+    one, two = (results["cmssa"] for results in _one_and_two("cmssa", tmp_path))
     assert one["state"].keys() == two["state"].keys()
     for name in one["state"]:  # prompts, projections, image_norm's global-batch statistics
         if one["state"][name].is_floating_point():
