@@ -268,6 +268,28 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of score files or eval results: gallery, histogram, scatter, errors",
+        description="Writes one HTML page that works offline (thumbnails embedded, no request made): for score "
+                    "files, a gallery sorted by score (filter and re-sort in the page), a histogram per model, "
+                    "a scatter of each further file or model against the first (joined by path) with its SRCC, "
+                    "and the error rows; for `pyica eval` results CSVs (detected by their columns), the metrics "
+                    "tables. The output follows the usual rules (an existing file needs --overwrite; atomic).",
+    )
+    p.add_argument("inputs", nargs="+", metavar="SCORES",
+                   help="score files (CSV, TSV, JSONL or Parquet) and/or `pyica eval -o` results CSVs")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--maps", metavar="DIR", help="the --maps folder of the scoring run: show each image's map")
+    p.add_argument("--max-images", type=_count(0), default=500,
+                   help="embed at most this many thumbnails, half highest and half lowest scored (default: 500)")
+    p.add_argument("--max-rows", type=_count(1), default=10000,
+                   help="list at most this many images in the gallery, the two ends of the ranking (default: 10000)")
+    p.add_argument("--order", choices=("desc", "asc"), default="desc", help="gallery order (default: desc)")
+    p.add_argument("--title", help="the page's title (default: from the input names)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
         "caption",
         help="write a scene caption per image (JSONL), for training CM-SSA's alignment branch",
         description="Captions every image once and caches them as JSONL rows (path, caption, error). Captions "
@@ -669,6 +691,18 @@ def cmd_summary(args) -> int:
     summary = summarize_scores(args.scores, top=args.top)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return EXIT_OK if summary["scored"] else EXIT_FAILED
+
+
+def cmd_report(args) -> int:
+    from .html_report import build_report
+
+    stats = build_report(args.inputs, args.output, maps=args.maps, max_images=args.max_images,
+                         max_rows=args.max_rows, order=args.order, overwrite=args.overwrite, title=args.title)
+    maps = f", {stats['maps']} maps" if args.maps else ""
+    print(f"pyica: report of {stats['scored']} scores ({stats['errors']} errors, {stats['thumbnails']} thumbnails, "
+          f"{stats['placeholders']} unreadable{maps}; {stats['eval_files']} results files) -> {args.output}",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def _main_rank() -> bool:
