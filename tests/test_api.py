@@ -39,6 +39,8 @@ def test_metric_accepts_paths_images_arrays_and_tensors(tmp_path):
     assert batch.shape == (2,) and batch[0] == pytest.approx(expected, abs=1e-6) and batch[1] == 0.0
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metric(chw * 255.0)
+    assert metric(torch.from_numpy(rgb).permute(2, 0, 1)) == expected  # uint8 tensors are 0..255
+    assert isinstance(metric, torch.nn.Module)
 
 
 def test_score_yields_records_in_order_with_errors(tmp_path):

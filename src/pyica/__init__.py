@@ -4,7 +4,7 @@ The public API is small::
 
     import pyica
     pyica.list_models()                              # every registered scorer
-    metric = pyica.create_metric()                   # the default model, as a callable
+    metric = pyica.create_metric()                   # the default model, a torch.nn.Module
     metric("photo.jpg")                              # -> float, higher = more complex
     for record in pyica.score(["photos/"]):          # batch scoring with DataLoader workers
         print(record.path, record.score, record.error)
@@ -52,11 +52,15 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def create_metric(name: str = DEFAULT_MODEL, device: str | None = "auto", **kwargs: Any):
-    """A :class:`~pyica.metric.ComplexityMetric` for model ``name``: call it on paths, images, arrays or tensors."""
+def create_metric(name: str = DEFAULT_MODEL, device: str | None = "auto", *, as_loss: bool = False,
+                  loss_weight: float = 1.0, loss_reduction: str = "mean", **kwargs: Any):
+    """A :class:`~pyica.metric.ComplexityMetric` (a ``torch.nn.Module``) for model ``name``: call it on
+    paths, images, arrays or tensors. ``as_loss=True``: a differentiable ``loss_weight *
+    loss_reduction(scores)`` of float tensors (learned models only; the score, not its negation)."""
     from .metric import ComplexityMetric
 
-    return ComplexityMetric(create_model(name, device=device, **kwargs), name)
+    return ComplexityMetric(create_model(name, device=device, **kwargs), name, as_loss=as_loss,
+                            loss_weight=loss_weight, loss_reduction=loss_reduction)
 
 
 def score(

@@ -55,6 +55,8 @@ class ComplexityModel(torch.nn.Module):
 
     lower_better: bool = False
     score_range: tuple[float, float] | None = None
+    #: ``True`` where :meth:`score_tensor` is implemented (a torch-only pipeline that gradients flow through)
+    differentiable: bool = False
 
     def __init__(self, transform: Callable[[Image.Image], Any], collate: Callable[[Sequence[Any]], Any] = stack_collate):
         super().__init__()
@@ -78,3 +80,8 @@ class ComplexityModel(torch.nn.Module):
     def score_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Convenience: transform, collate and score RGB PIL images in one batch."""
         return self.score_batch(self.collate([self.transform(img) for img in images]))
+
+    def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable scores ``(B,)`` of float images ``(B, 3, H, W)`` in [0, 1], on the model's
+        device; gradients flow to ``images``. Only models with ``differentiable = True`` have it."""
+        raise NotImplementedError(f"{type(self).__name__} has no differentiable scoring path")

@@ -219,6 +219,38 @@ class EffNetRidge(ComplexityModel):
     def forward(self, batch) -> torch.Tensor:
         return self.head(self.features(batch))
 
+    # --- the differentiable path (pyica.create_metric(..., as_loss=True)) ---------------------------
+
+    differentiable = True
+
+    def score_tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B,)`` of float images ``(B, 3, H, W)`` in [0, 1] that gradients flow through.
+
+        The same normalisation, trunk, pooling and head as :meth:`forward`, but each view's resize is
+        ``torch.nn.functional.interpolate(mode="bilinear", antialias=True)`` of the float tensor instead
+        of PIL's bilinear filter on uint8 pixels, and nothing is rounded to uint8: scores differ from
+        :meth:`forward`'s by a few thousandths (``tests/test_metric_module.py`` measures it). Computed
+        in the dtype of the model's buffers (``.double()`` the model for float64)."""
+        dtype = self.feature_mean.dtype
+        x = images.to(device=self.device, dtype=dtype) * 255.0
+        parts = []
+        for view in self.config.views:
+            height, width = x.shape[-2:]
+            if view.resize == "square":
+                size = (view.size, view.size)
+            else:  # as LongestSideResize rounds
+                rule, scale = view.transform(), view.size / max(width, height)
+                size = (max(rule.min_side, round(height * scale)), max(rule.min_side, round(width * scale)))
+            resized = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                                      antialias=True)
+            maps = self.backbones[view.variant]((resized - 127.0) / 128.0)
+            pooled = []
+            for m in maps:  # mean_std_pool, keeping float64 for gradient checks
+                flat = m.flatten(2) if m.dtype in (torch.float32, torch.float64) else m.float().flatten(2)
+                pooled += [flat.mean(2), flat.std(2, unbiased=False)]
+            parts.append(torch.cat(pooled, 1))
+        return self.head(torch.cat(parts, 1))
+
     def score_files(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
                     max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
         """Scores of image files (NaN where loading failed) and the errors, reusing cached features.
