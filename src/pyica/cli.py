@@ -144,6 +144,14 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="map colours: 'fixed' (default) on the model's score range, the same in every map (a "
                         "model with an open range is scaled per image, with a warning); 'per-image': each map's "
                         "own min..max")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="'local' (default): this process and its DataLoader workers; 'ray': a Ray Data actor pool "
+                        "on the cluster of RAY_ADDRESS, else a local Ray (pip install 'pyica[ray]'; docs/ray.md)")
+    p.add_argument("--num-cpus", type=_count(1), default=None,
+                   help="--engine ray: CPU actors (one model each; default: every CPU of the cluster); a local Ray "
+                        "gets this many CPUs")
+    p.add_argument("--num-gpus", type=_count(0), default=None,
+                   help="--engine ray: GPU actors, one GPU each (default: none, the CPU)")
     # -m: default the default model, or, with --weights of a trained model, the model its card describes
     p.set_defaults(func=cmd_score, model=None)
 
@@ -428,6 +436,12 @@ def _files_read(inputs) -> list[str]:
 
 
 def cmd_score(args) -> int:
+    if args.engine == "ray":  # the same rows and output rules, on Ray Data (pyica.integrations.ray)
+        from .integrations.ray import score_command
+
+        return score_command(args, identity=_score_identity, reads=_files_read(args.inputs))
+    if args.num_cpus is not None or args.num_gpus is not None:
+        raise ValueError("--num-cpus and --num-gpus size a Ray actor pool: add --engine ray")
     import itertools
     import os
 
