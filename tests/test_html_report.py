@@ -233,3 +233,42 @@ def test_the_page_renders_in_a_headless_browser(tmp_path):
     with Image.open(shot) as picture:
         low, high = picture.convert("L").getextrema()
     assert high - low > 50  # not blank
+
+
+def test_in_page_filter_and_sort_script_in_node(tmp_path):
+    """The page's inline script, run by Node against a minimal stand-in for the DOM it uses: re-sorting
+    orders the cards by score, the filter hides cards whose path lacks the text (skips without Node)."""
+    import json
+    import subprocess
+
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("no node on this machine")
+    from pyica.html_report import _SCRIPT
+
+    cards = [{"path": "/a/cat.jpg", "score": "0.2"}, {"path": "/a/dog.jpg", "score": "0.9"},
+             {"path": "/b/Cat2.JPG", "score": "0.5"}]
+    harness = """
+var cards = %s.map(function (c) { return {hidden: false, attrs: {'data-path': c.path, 'data-score': c.score},
+  getAttribute: function (k) { return this.attrs[k]; }}; });
+var gallery = {children: cards.slice(), order: [], appendChild: function (c) { this.order.push(c); }};
+function control(value) { return {value: value, handlers: {}, addEventListener: function (e, f) { this.handlers[e] = f; }}; }
+var els = {gallery: gallery, controls: {hidden: true}, filter: control(''), order: control('desc')};
+var document = {getElementById: function (id) { return els[id]; }};
+%s
+var out = {};
+els.order.value = 'asc'; gallery.order = []; els.order.handlers.change();
+out.asc = gallery.order.map(function (c) { return c.attrs['data-path']; });
+els.filter.value = 'CAT'; gallery.order = []; els.filter.handlers.input();
+out.shown = gallery.order.filter(function (c) { return !c.hidden; }).map(function (c) { return c.attrs['data-path']; });
+out.controls = !els.controls.hidden;
+console.log(JSON.stringify(out));
+""" % (json.dumps(cards), _SCRIPT)
+    script = tmp_path / "harness.js"
+    script.write_text(harness)
+    done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["controls"] is True
+    assert out["asc"] == ["/a/cat.jpg", "/b/Cat2.JPG", "/a/dog.jpg"]
+    assert out["shown"] == ["/a/cat.jpg", "/b/Cat2.JPG"]  # case-insensitive
