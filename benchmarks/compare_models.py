@@ -75,7 +75,7 @@ from benchmarks.common import DOC, REPO, RESULTS, default_savoias_root, machine_
 import pyica
 from pyica.costs import model_cost
 from pyica.data import load_dataset
-from pyica.evaluation import make_splits, metric_rows, predict_dataset, run_protocol, split_rows
+from pyica.evaluation import make_splits, predict_dataset, run_protocol, split_rows
 from pyica.loading import load_image
 from pyica.registry import create_model, get_entry, list_models
 from pyica.reports import (CATEGORY_MEAN, POOLED, format_markdown_table, format_table, read_results_csv,

@@ -442,15 +442,14 @@ def cmd_score(args) -> int:
         return score_command(args, identity=_score_identity, reads=_files_read(args.inputs))
     if args.num_cpus is not None or args.num_gpus is not None:
         raise ValueError("--num-cpus and --num-gpus size a Ray actor pool: add --engine ray")
-    import itertools
     import os
 
     import torch
 
     from .registry import DEFAULT_MODEL, create_model, model_from_weights, model_info, trained_weights_card
-    from .inputs import check_inputs, count_inputs, expand_input, is_archive, iter_image_paths
+    from .inputs import check_inputs, count_inputs, expand_input, is_archive
     from .runtime import torchrun_env
-    from .scoring import rank_output_path, score_paths
+    from .scoring import inputs_to_score, rank_output_path, score_paths
     from .writers import ScoreWriter, text_safe
 
     if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
@@ -494,24 +493,8 @@ def cmd_score(args) -> int:
         # those from the r-th on, i.e. p % (N * w) == I + N * r. Nothing is listed: counts are kept on the fly.
         # An input named twice (a manifest listing a file again, a folder and a file in it) is scored once.
         counts = {"inputs": 0, "skipped": 0, "repeated": 0}
-        seen: set[str] = set()
-
-        def todo():
-            stream = iter_image_paths(args.inputs, recursive=args.recursive)
-            mine = itertools.islice(itertools.islice(stream, shard_i, None, shard_n), rank, None, world)
-            for path in mine:
-                key = text_safe(path)
-                if key in seen:
-                    counts["repeated"] += 1
-                    continue
-                seen.add(key)
-                counts["inputs"] += 1
-                if key in writer.done:
-                    counts["skipped"] += 1
-                else:
-                    yield path
-
-        paths = todo()
+        paths = inputs_to_score(args.inputs, recursive=args.recursive, shard=(shard_i, shard_n), rank=rank,
+                                world=world, done=writer.done, counts=counts)
         total = None
         if not args.quiet:  # a first pass over names only, so that the progress bar has a total and an ETA
             listed = count_inputs(args.inputs, recursive=args.recursive)

@@ -37,7 +37,6 @@ import csv
 import errno
 import glob
 import gzip
-import io
 import itertools
 import logging
 import lzma
@@ -45,7 +44,6 @@ import os
 import re
 import tarfile
 import sys
-import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -56,7 +54,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .loading import DEFAULT_MAX_PIXELS, ImageLoadError, image_extensions, load_image, to_rgb
+from .loading import ImageLoadError, image_extensions, load_image
 from .runtime import default_num_workers
 
 __all__ = ["TarMember", "MemberBytes", "ZipMember", "UnreadableInput", "ShardIndex", "ShardReader", "OPEN_SHARDS",

@@ -27,7 +27,7 @@ import torch
 from .inputs import iter_loaded
 from .progress import progress_bar
 
-__all__ = ["ScoreRecord", "score_paths", "score_paths_with_maps", "MapTimes", "MAP_IMAGES_PER_BATCH", "PRECISIONS", "parse_shard", "rank_output_path"]
+__all__ = ["ScoreRecord", "score_paths", "inputs_to_score", "score_paths_with_maps", "MapTimes", "MAP_IMAGES_PER_BATCH", "PRECISIONS", "parse_shard", "rank_output_path"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -163,6 +163,36 @@ def _scored(paths, model, *, batch_size, num_workers, precision, max_pixels, pro
     finally:
         bar.close()
         batches.close()
+
+
+def inputs_to_score(inputs, *, recursive: bool = True, shard: tuple[int, int] = (0, 1), rank: int = 0,
+                    world: int = 1, done: set[str] = frozenset(), counts: dict[str, int] | None = None) -> Iterator[str]:
+    """The image paths of ``inputs`` this run scores, streamed: positions p with p % N == I (``shard``
+    ``(I, N)``), then every ``world``-th of those from the ``rank``-th, i.e. p % (N * world) == I + N * rank;
+    an input named twice is yielded once; inputs whose output key is in ``done`` (``--resume``) are skipped.
+    ``counts`` (``inputs``, ``skipped``, ``repeated``) is updated as the stream is read."""
+    import itertools
+
+    from .inputs import iter_image_paths
+    from .writers import text_safe
+
+    counts = counts if counts is not None else {}
+    for key in ("inputs", "skipped", "repeated"):
+        counts.setdefault(key, 0)
+    shard_i, shard_n = shard
+    seen: set[str] = set()
+    stream = iter_image_paths(inputs, recursive=recursive)
+    for path in itertools.islice(itertools.islice(stream, shard_i, None, shard_n), rank, None, world):
+        key = text_safe(path)
+        if key in seen:
+            counts["repeated"] += 1
+            continue
+        seen.add(key)
+        counts["inputs"] += 1
+        if key in done:
+            counts["skipped"] += 1
+        else:
+            yield path
 
 
 def parse_shard(text: str) -> tuple[int, int]:

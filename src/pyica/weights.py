@@ -22,7 +22,7 @@ import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 UNVERIFIED_HINT = "pass allow_unverified=True (command line: --allow-unverified-weights) to load it anyway"
 
 SCHEMA = "pyica.card/1"
+
+if TYPE_CHECKING:  # torch is imported where tensors are read, so that reading a card needs none
+    import torch
 
 
 class WeightsError(ValueError):

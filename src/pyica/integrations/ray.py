@@ -274,12 +274,10 @@ def score_command(args, *, identity, reads: list[str]) -> int:
 
     ``identity(args)`` (called once the model is resolved) and ``reads``: what
     :class:`~pyica.writers.ScoreWriter` checks, from the CLI."""
-    import itertools
-
-    from ..inputs import check_inputs, iter_image_paths
+    from ..inputs import check_inputs
     from ..registry import DEFAULT_MODEL, model_info, trained_weights_card
     from ..runtime import torchrun_env
-    from ..scoring import ScoreRecord
+    from ..scoring import ScoreRecord, inputs_to_score
     from ..version import __version__
     from ..writers import ScoreWriter, text_safe
 
@@ -308,19 +306,8 @@ def score_command(args, *, identity, reads: list[str]) -> int:
         # The inputs are listed here, on the driver (names and archive offsets only; the pixels are read
         # by the actors): the order of the output, and what --resume skips, are decided in one place.
         counts = {"inputs": 0, "skipped": 0, "repeated": 0}
-        seen: set[str] = set()
-        todo = []
-        for path in itertools.islice(iter_image_paths(args.inputs, recursive=args.recursive), shard_i, None, shard_n):
-            key = text_safe(path)
-            if key in seen:
-                counts["repeated"] += 1
-                continue
-            seen.add(key)
-            counts["inputs"] += 1
-            if key in writer.done:
-                counts["skipped"] += 1
-            else:
-                todo.append(path)
+        todo = list(inputs_to_score(args.inputs, recursive=args.recursive, shard=(shard_i, shard_n),
+                                    done=writer.done, counts=counts))
         where = _start_ray(ray, args.num_cpus, args.num_gpus, args.quiet)
         actors, resources, device = _plan_actors(ray, args.num_cpus, args.num_gpus)
         if not args.num_gpus and args.device != "auto":

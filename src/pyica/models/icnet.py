@@ -386,7 +386,7 @@ def load_icnet(path: str | Path, config: ICNetConfig | None = None, *, allow_unv
     e.g. ``ICNetConfig(input_size=256)`` runs the official weights at 256 px (cheaper, not what they
     were trained at). A card's config is always the one used; a card without a sha256 loads only with
     ``allow_unverified``. Every tensor must be finite and of the model's dtype kind."""
-    from ..weights import card_path_of, check_dtypes, check_finite, load_weights, sha256_file
+    from ..weights import card_path_of, check_dtypes, load_weights, sha256_file
 
     path = Path(path)
     if path.suffix == ".safetensors" and card_path_of(path).is_file():
