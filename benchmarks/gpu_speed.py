@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         # on CPU: bf16 autocast on the CPU against fp32 (exercises the code; CUDA's bf16 kernels differ)
         for precision in (["fp32", "bf16"] if device == "cuda" else ["bf16"]):
             got, _ = scores(subset, model, batch_size=32, workers=0, precision=precision)
-            row(f"max_abs_diff_vs_cpu_fp32", precision, 32, 0, len(subset), float(np.abs(got - reference).max()),
+            row("max_abs_diff_vs_cpu_fp32", precision, 32, 0, len(subset), float(np.abs(got - reference).max()),
                 "score")
 
     write_rows(args.out, rows, device)
