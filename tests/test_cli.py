@@ -121,6 +121,7 @@ def labelled(tmp_path):
 
 
 def test_eval_predictions_file_against_manifest(labelled, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="scatter plots need matplotlib (pip install pyica[plot])")  # --plot
     pred = tmp_path / "pred.csv"
     assert main(["score", str(labelled.parent), "-m", MODEL, "-o", str(pred), "-q", "--workers", "0"]) == 0
     capsys.readouterr()

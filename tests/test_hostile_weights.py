@@ -480,6 +480,7 @@ def test_existing_plot_that_is_not_a_png_needs_overwrite(tmp_path, labelled, pre
     assert _eval(pred_file, labelled, "--plot", str(plot)) != 0
     _one_line_error(capsys, "plot.png", "not a PNG")
     assert plot.read_text() == "my notes"
+    pytest.importorskip("matplotlib", reason="scatter plots need matplotlib (pip install pyica[plot])")  # what follows draws
     assert _eval(pred_file, labelled, "--plot", str(plot), "--overwrite") == 0
     assert Image.open(plot).format == "PNG"
     assert _eval(pred_file, labelled, "--plot", str(plot)) == 0  # a PNG: replaced as before

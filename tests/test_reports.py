@@ -158,6 +158,7 @@ def test_format_markdown_table():
 
 @pytest.mark.parametrize("with_categories", [False, True])
 def test_scatter_plot_writes_a_png(categorised, tmp_path, with_categories):
+    pytest.importorskip("matplotlib", reason="scatter plots need matplotlib (pip install pyica[plot])")
     pred, target, categories = categorised
     pred = pred.copy()
     pred[0] = np.nan  # left out of the plot
@@ -170,6 +171,7 @@ def test_scatter_plot_writes_a_png(categorised, tmp_path, with_categories):
 
 
 def test_scatter_plot_draws_a_given_mapping_and_rejects_unknown_fits(categorised, tmp_path):
+    pytest.importorskip("matplotlib", reason="scatter plots need matplotlib (pip install pyica[plot])")
     pred, target, _ = categorised
     scatter_plot(pred, target, tmp_path / "fit.png", fit=fit_logistic4(pred, target))
     assert Image.open(tmp_path / "fit.png").format == "PNG"
