@@ -464,6 +464,11 @@ def check_outputs(output=None, plot=None, *, reads=(), overwrite: bool = False) 
     existing ``output`` is appended to when it is a pyica results CSV (its header starts with the results
     columns), an existing ``plot`` replaced when it is a PNG; any other existing file is refused unless
     ``overwrite``."""
+    if plot:  # found out now, not after the whole evaluation has run
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot draws with matplotlib, which is not installed: pip install 'pyica[plot]'")
     read_files = {os.path.realpath(p): str(p) for p in reads if p}
     seen: dict[str, str] = {}
     for flag, target in (("-o/--output", output), ("--plot", plot)):
