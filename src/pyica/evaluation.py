@@ -464,11 +464,6 @@ def check_outputs(output=None, plot=None, *, reads=(), overwrite: bool = False) 
     existing ``output`` is appended to when it is a pyica results CSV (its header starts with the results
     columns), an existing ``plot`` replaced when it is a PNG; any other existing file is refused unless
     ``overwrite``."""
-    if plot:  # found out now, not after the whole evaluation has run
-        import importlib.util
-
-        if importlib.util.find_spec("matplotlib") is None:
-            raise ValueError("--plot draws with matplotlib, which is not installed: pip install 'pyica[plot]'")
     read_files = {os.path.realpath(p): str(p) for p in reads if p}
     seen: dict[str, str] = {}
     for flag, target in (("-o/--output", output), ("--plot", plot)):
@@ -491,6 +486,11 @@ def check_outputs(output=None, plot=None, *, reads=(), overwrite: bool = False) 
                              "pass --overwrite to replace it")
         if flag == "--plot" and not _is_png(real) and not overwrite:
             raise ValueError(f"{target}: {flag} exists and is not a PNG; pass --overwrite to replace it")
+    if plot:  # found out now (after the file checks), not after the whole evaluation has run
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ValueError("--plot draws with matplotlib, which is not installed: pip install 'pyica[plot]'")
 
 
 def write_rows(rows: list[dict], path, *, overwrite: bool = False) -> None:
