@@ -21,9 +21,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-log = logging.getLogger("pyica")
+from .score_run import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, score_run_meta, score_run_outcome
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 130, 141
+log = logging.getLogger("pyica")
 
 
 def _count(minimum: int):
@@ -446,11 +446,11 @@ def cmd_score(args) -> int:
 
     import torch
 
-    from .registry import DEFAULT_MODEL, create_model, model_from_weights, model_info, trained_weights_card
+    from .registry import DEFAULT_MODEL, create_model, model_from_weights, trained_weights_card
     from .inputs import check_inputs, count_inputs, expand_input, is_archive
     from .runtime import torchrun_env
     from .scoring import inputs_to_score, rank_output_path, score_paths
-    from .writers import ScoreWriter, text_safe
+    from .writers import ScoreWriter
 
     if args.maps and not (0 < args.map_patch <= 1 and 0 < args.map_stride <= 1):
         raise ValueError(f"--map-patch and --map-stride must be in (0, 1], got {args.map_patch} and {args.map_stride}")
@@ -567,34 +567,9 @@ def cmd_score(args) -> int:
             map_seconds += map_times.forward  # the patches' forwards ran inside the scoring loop
         seconds = time.perf_counter() - t0
         scoring_seconds = time.perf_counter() - t_model - map_seconds
-        skipped, processed = counts["skipped"], n_scored + n_errors
-        meta = {
-            "command": " ".join(["pyica", *map(text_safe, args.argv)]),
-            "model": args.model,
-            "model_info": model_info(args.model) if not trained else {
-                "name": args.model, "kind": "learned", "description": trained.get("description"),
-                "score_range": (trained.get("score") or {}).get("range"), "weights": str(args.weights), "card": trained},
-            # the weights actually loaded, not only the registry's card
-            "weights": {"path": str(args.weights) if args.weights else "shipped with pyica",
-                        "sha256": writer.output.identity.get("weights_sha256") if writer.output else None},
-            **_environment(model.device),
-            "precision": args.precision,
-            "batch_size": args.batch_size,
-            "workers": args.workers,
-            "shard": f"{shard_i}/{shard_n}" if args.shard else None,
-            "rank": rank,
-            "world_size": world,
-            "inputs": counts["inputs"],
-            "repeated_inputs_scored_once": counts["repeated"],
-            "skipped_already_done": skipped,
-            "scored": n_scored,
-            "errors": n_errors,
-            "seconds_total": round(seconds, 3),
-            "seconds_scoring": round(scoring_seconds, 3),
-            "images_per_second": round(processed / scoring_seconds, 3) if scoring_seconds > 0 and processed else None,
-            "started_utc": started.isoformat(timespec="seconds"),
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        meta = score_run_meta(args, trained=trained, writer=writer, counts=counts, n_scored=n_scored,
+                           n_errors=n_errors, seconds=seconds, scoring_seconds=scoring_seconds, started=started)
+        meta.update(_environment(model.device), workers=args.workers, rank=rank, world_size=world)
         if args.maps:
             meta["maps"] = {"dir": args.maps, "patch_fraction": args.map_patch, "stride_fraction": args.map_stride,
                             "scale": "fixed" if map_range is not None else "per-image",
@@ -606,27 +581,8 @@ def cmd_score(args) -> int:
     finally:
         if not finished:
             writer.close(finished=False)
-    if counts["repeated"]:
-        log.warning("%d inputs were named more than once; each was scored once", counts["repeated"])
-    if not args.quiet:
-        rate = f", {meta['images_per_second']:.1f} images/s" if meta["images_per_second"] else ""
-        print(f"pyica: {n_scored} scored, {n_errors} errors, {skipped} already done, {seconds:.1f} s{rate}"
-              + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
-        if args.maps:
-            print(f"pyica: {maps_written} maps, {map_errors} map errors -> {args.maps}", file=sys.stderr)
-    if n_errors:
-        where = f"the error column of {args.output}" if args.output else "the error column of the output"
-        print(f"pyica: {n_errors} of {processed} inputs failed (first: {text_safe(first_error)}); see {where}",
-              file=sys.stderr)
-    if counts["inputs"] == 0:
-        print("pyica: error: no images found in the inputs", file=sys.stderr)
-        return EXIT_FAILED
-    if n_scored == 0 and skipped == 0:
-        return EXIT_FAILED
-    if writer.done_errors and not n_errors:  # the exit code speaks for the whole output, not only this run
-        print(f"pyica: {writer.done_errors} error rows from earlier runs stay in {args.output} (not retried)",
-              file=sys.stderr)
-    return EXIT_SOME_FAILED if n_errors or writer.done_errors else EXIT_OK
+    maps_line = (f"pyica: {maps_written} maps, {map_errors} map errors -> {args.maps}",) if args.maps else ()
+    return score_run_outcome(args, writer, meta, first_error, more=maps_line)
 
 
 def cmd_eval(args) -> int:

@@ -59,7 +59,6 @@ PATH_COLUMN, IMAGE_COLUMN, SCORE_COLUMN, ERROR_COLUMN = "path", "image", "comple
 #: from the scorer's output.
 SOURCE_COLUMN = "pyica_source"
 
-_EXIT_OK, _EXIT_SOME_FAILED, _EXIT_FAILED = 0, 1, 2  # as pyica.cli (docs/troubleshooting.md)
 
 
 # --- inputs as rows --------------------------------------------------------------------------------
@@ -274,17 +273,18 @@ def score_command(args, *, identity, reads: list[str]) -> int:
 
     ``identity(args)`` (called once the model is resolved) and ``reads``: what
     :class:`~pyica.writers.ScoreWriter` checks, from the CLI."""
+    from ..score_run import EXIT_FAILED, score_run_meta, score_run_outcome  # one sidecar and exit rule for both engines
     from ..inputs import check_inputs
-    from ..registry import DEFAULT_MODEL, model_info, trained_weights_card
+    from ..registry import DEFAULT_MODEL, trained_weights_card
     from ..runtime import torchrun_env
     from ..scoring import ScoreRecord, inputs_to_score
     from ..version import __version__
-    from ..writers import ScoreWriter, text_safe
+    from ..writers import ScoreWriter
 
     ray = _import_ray()
     if ray is None:
         print(f"pyica: error: {RAY_MISSING}", file=sys.stderr)
-        return _EXIT_FAILED
+        return EXIT_FAILED
     if args.maps:
         raise ValueError("--maps is not available with --engine ray; score without --maps, or with --engine local")
     if torchrun_env()[1] > 1:
@@ -346,17 +346,12 @@ def score_command(args, *, identity, reads: list[str]) -> int:
                 writer.write(records)
         seconds = time.perf_counter() - t0
         scoring_seconds = time.perf_counter() - t_scoring
-        processed = n_scored + n_errors
         import torch
 
-        meta = {
-            "command": " ".join(["pyica", *map(text_safe, args.argv)]),
-            "model": args.model,
-            "model_info": model_info(args.model) if not trained else {
-                "name": args.model, "kind": "learned", "description": trained.get("description"),
-                "score_range": (trained.get("score") or {}).get("range"), "weights": str(args.weights), "card": trained},
-            "weights": {"path": str(args.weights) if args.weights else "shipped with pyica",
-                        "sha256": writer.output.identity.get("weights_sha256") if writer.output else None},
+        meta = score_run_meta(args, trained=trained, writer=writer, counts=counts, n_scored=n_scored,
+                           n_errors=n_errors, seconds=seconds, scoring_seconds=scoring_seconds, started=started)
+        # seconds_scoring counts from the dataset's start: the actors' start and model loading included
+        meta.update({
             "pyica_version": __version__,
             "torch_version": torch.__version__,
             "ray_version": ray.__version__,
@@ -366,43 +361,10 @@ def score_command(args, *, identity, reads: list[str]) -> int:
             "ray": {"cluster": where, "actors": actors, "per_actor": resources,
                     "cluster_resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}},
             "device": device,
-            "precision": args.precision,
-            "batch_size": args.batch_size,
-            "shard": f"{shard_i}/{shard_n}" if args.shard else None,
-            "inputs": counts["inputs"],
-            "repeated_inputs_scored_once": counts["repeated"],
-            "skipped_already_done": counts["skipped"],
-            "scored": n_scored,
-            "errors": n_errors,
-            "seconds_total": round(seconds, 3),
-            # from the dataset's start: the actors' start and model loading included
-            "seconds_scoring": round(scoring_seconds, 3),
-            "images_per_second": round(processed / scoring_seconds, 3) if scoring_seconds > 0 and processed else None,
-            "started_utc": started.isoformat(timespec="seconds"),
-            "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        })
         writer.close(finished=True, meta=meta)
         finished = True
     finally:
         if not finished:
             writer.close(finished=False)
-    skipped = counts["skipped"]
-    if counts["repeated"]:
-        log.warning("%d inputs were named more than once; each was scored once", counts["repeated"])
-    if not args.quiet:
-        rate = f", {meta['images_per_second']:.1f} images/s" if meta["images_per_second"] else ""
-        print(f"pyica: {n_scored} scored, {n_errors} errors, {skipped} already done, {seconds:.1f} s{rate} "
-              f"(ray: {actors} actors on {device})" + (f" -> {args.output}" if args.output else ""), file=sys.stderr)
-    if n_errors:
-        place = f"the error column of {args.output}" if args.output else "the error column of the output"
-        print(f"pyica: {n_errors} of {processed} inputs failed (first: {text_safe(first_error)}); see {place}",
-              file=sys.stderr)
-    if counts["inputs"] == 0:
-        print("pyica: error: no images found in the inputs", file=sys.stderr)
-        return _EXIT_FAILED
-    if n_scored == 0 and skipped == 0:
-        return _EXIT_FAILED
-    if writer.done_errors and not n_errors:
-        print(f"pyica: {writer.done_errors} error rows from earlier runs stay in {args.output} (not retried)",
-              file=sys.stderr)
-    return _EXIT_SOME_FAILED if n_errors or writer.done_errors else _EXIT_OK
+    return score_run_outcome(args, writer, meta, first_error, detail=f" (ray: {actors} actors on {device})")
