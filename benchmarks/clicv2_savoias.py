@@ -259,7 +259,8 @@ def pretrain_config(model: dict, source: Path, exclude: Path, args, epochs: floa
                else {"lr": 0.003, "base_batch": 2048})
     return {"method": "clicv2", "model": model, "seed": args.seed, "amp": True, "log_every": 1,
             "checkpoint_every": 10 ** 9, "output_dir": str(out),
-            "data": {"sources": [str(source)], "image_size": args.image_size, "exclude_manifest": str(exclude)},
+            "data": {"sources": [str(source)], "image_size": args.image_size,
+                     "exclude_manifest": str(exclude) if exclude else None},
             "optim": {**lr_args, "batch_size": args.batch_size, "weight_decay": 0.05, "betas": [0.9, 0.95],
                       "epochs": epochs, "warmup_epochs": epochs * args.warmup_fraction, "min_lr": 0.0}}
 

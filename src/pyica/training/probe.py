@@ -246,17 +246,24 @@ class ProbeTrainer:
             out.append(model.head_outputs(tokens[s:s + self.recipe.eval_batch_size].to(self.device))[0].float().cpu())
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
-    def pooled_features(self, paths: Sequence[str], **kw) -> tuple[np.ndarray, np.ndarray]:
-        """The encoder's cls tokens ``(n_ok, dim)`` of ``paths`` and the boolean mask of the paths
-        that loaded (for t-SNE and other analyses)."""
-        model = self._require_model()
+    def encoder_tokens(self, paths: Sequence[str], **kw) -> tuple[np.ndarray, np.ndarray]:
+        """The frozen encoder's tokens ``(n_ok, tokens, dim)`` of ``paths`` (cls first when the encoder
+        has one) and the boolean mask of the paths that loaded; computed once and cached."""
+        model = self.model if self.model is not None else self.build_model()
         self.cache.bind(model)
         paths = list(paths)
         self._ensure(model, paths, (False,), **kw)
         ok = np.array([(p, False) in self.cache.tokens for p in paths], dtype=bool)
-        feats = np.stack([self.cache.tokens[(p, False)][0] for p, good in zip(paths, ok) if good]) if ok.any() \
-            else np.zeros((0, model.encoder.num_features))
-        return feats, ok
+        if not ok.any():
+            return np.zeros((0, 0, model.encoder.num_features), dtype=np.float32), ok
+        return np.stack([self.cache.tokens[(p, False)] for p, good in zip(paths, ok) if good]), ok
+
+    def pooled_features(self, paths: Sequence[str], **kw) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's cls tokens ``(n_ok, dim)`` of ``paths`` and the boolean mask of the paths
+        that loaded (for t-SNE and other analyses)."""
+        self._require_model()
+        tokens, ok = self.encoder_tokens(paths, **kw)
+        return (tokens[:, 0] if len(tokens) else np.zeros((0, self.model.encoder.num_features))), ok
 
     # --- training -------------------------------------------------------------------------------
 
