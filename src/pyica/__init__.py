@@ -9,6 +9,7 @@ The public API is small::
     for record in pyica.score(["photos/"]):          # batch scoring with DataLoader workers
         print(record.path, record.score, record.error)
     pyica.evaluate(predictions, human_scores)        # SRCC, PLCC, KRCC, RMSE, ...
+    rows = pyica.tiles(["photos/"], size=512, top=8, to="crops/")  # the most complex tiles, as PNG crops
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "load_image",
     "model_info",
     "score",
+    "tiles",
 ]
 
 
@@ -84,6 +86,45 @@ def score(
     scorer = create_model(model, device=device)
     paths = iter_image_paths(as_path_list(inputs), recursive=recursive)  # streamed, never listed
     return score_paths(paths, scorer, batch_size=batch_size, num_workers=num_workers, progress=progress, model_name=model)
+
+
+def tiles(
+    inputs: str | Iterable[str],
+    model: str = DEFAULT_MODEL,
+    *,
+    size: int = 512,
+    stride: int | None = None,
+    top: int | None = None,
+    min_score: float | None = None,
+    nms: float | None = 0.3,
+    to: str | None = None,
+    output: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    device: str | None = "auto",
+    recursive: bool = True,
+    progress: bool = False,
+) -> list:
+    """The most complex ``size`` x ``size`` tiles of each image, as ``pyica tiles`` makes them (docs/tiles.md):
+    a list of :class:`~pyica.tiles.TileRow` (``path, tile, x, y, w, h, score, rank, kept, model, error``), the
+    rows of the manifest. Crops are written (PNG, never over a file) only with ``to``; the manifest only with
+    ``output`` (``resume``/``overwrite`` as for ``pyica tiles``). ``top``/``min_score`` ``None``: no limit;
+    ``nms`` ``None``: no suppression."""
+    import os
+
+    from .metric import as_path_list
+    from .tiling import run_tiles
+
+    scorer = create_model(model, device=device)
+    identity = {"size": size, "stride": stride or size, "top": top, "min_score": min_score, "nms": nms,
+                "tiles_dir": None if to is None else os.path.abspath(to)}
+    run = run_tiles(as_path_list(inputs), scorer, size=size, stride=stride, top=top, min_score=min_score, nms=nms,
+                    out_dir=to, output=output, identity=identity, resume=resume, overwrite=overwrite,
+                    recursive=recursive, model_name=model, batch_size=batch_size, num_workers=num_workers,
+                    progress=progress, collect=True)
+    return run.rows
 
 
 def evaluate(pred, target, categories=None, *, fit_per_category: bool = False) -> dict:

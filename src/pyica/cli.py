@@ -156,6 +156,40 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score, model=None)
 
     p = sub.add_parser(
+        "tiles",
+        help="crop the most complex square tiles of each image (lossless PNG) and write a manifest",
+        description="Cuts every image into SIZE x SIZE tiles every STRIDE px (the last row and column flush with "
+                    "the border; an image smaller than a tile gets an error row), scores each tile with the model "
+                    "as if it were a whole image, keeps the --top K best (and/or those scoring at least "
+                    "--min-score) after dropping tiles that overlap a better one by IoU > --nms, and writes "
+                    "them as PNG crops under --to (folders of the inputs mirrored; never outside it, never over "
+                    "an existing file) plus a manifest, one row per tile: path (source), tile, x, y, w, h, score, "
+                    "rank, kept, model, error. The originals are only read. Exit codes as for score "
+                    "(docs/tiles.md).",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders, .csv manifests or archives, as for `pyica score`")
+    _add_model_args(p)
+    p.add_argument("--size", type=_count(1), default=512, help="tile side in pixels (default: 512)")
+    p.add_argument("--stride", type=_count(1), default=None, help="tile step in pixels (default: --size, no overlap)")
+    p.add_argument("--top", type=_count(1), default=None, metavar="K", help="keep at most K tiles per image")
+    p.add_argument("--min-score", type=float, default=None, metavar="X", help="keep only tiles scoring at least X")
+    p.add_argument("--nms", type=float, default=None, metavar="IOU",
+                   help="drop a tile whose overlap (IoU) with a better kept tile exceeds IOU (default: 0.3; "
+                        "1 keeps every tile)")
+    p.add_argument("--to", required=True, metavar="DIR", help="folder for the crops (created if missing)")
+    p.add_argument("-o", "--output", help="manifest file (.csv, .tsv, .jsonl, .parquet; default: DIR/tiles.csv)")
+    p.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"), help="manifest format (default: from -o)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an earlier run into the same manifest, skipping images it already has (refused "
+                        "if that run used other settings)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing manifest when this run finishes (crops are never replaced)")
+    p.add_argument("--wait", action="store_true", help="wait for another run writing the same manifest")
+    p.add_argument("--no-recursive", dest="recursive", action="store_false", help="do not descend into sub-folders")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_tiles)
+
+    p = sub.add_parser(
         "eval",
         help="metrics of a predictions file against a manifest, or of a model on a dataset under a protocol",
         description="Two modes. (1) --pred FILE with --dataset: join predictions to human scores by path "
@@ -583,6 +617,65 @@ def cmd_score(args) -> int:
             writer.close(finished=False)
     maps_line = (f"pyica: {maps_written} maps, {map_errors} map errors -> {args.maps}",) if args.maps else ()
     return score_run_outcome(args, writer, meta, first_error, more=maps_line)
+
+
+def cmd_tiles(args) -> int:
+    import os
+
+    from .inputs import check_inputs
+    from .registry import create_model, model_from_weights, trained_weights_card
+    from .score_run import score_run_meta, score_run_outcome
+    from .tiling import DEFAULT_NMS, run_tiles
+
+    if args.top is None and args.min_score is None:
+        raise ValueError("pyica tiles needs --top K, --min-score X or both: which tiles to keep")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the manifest, or replace it")
+    nms = DEFAULT_NMS if args.nms is None else args.nms
+    if not 0.0 <= nms <= 1.0:
+        raise ValueError(f"--nms must be an IoU in [0, 1], not {nms}")
+    check_inputs(args.inputs)
+    trained = trained_weights_card(args.weights) if args.weights else None
+    requested, args.model = args.model, trained["name"] if trained else args.model
+    args.output = args.output or os.path.join(args.to, "tiles.csv")
+    args.shard = None
+    identity = {**_score_identity(args), "size": args.size, "stride": args.stride or args.size, "top": args.top,
+                "min_score": args.min_score, "nms": nms, "tiles_dir": os.path.abspath(args.to)}
+    if trained:
+        model = model_from_weights(args.weights, device=args.device, expect=requested,
+                                   allow_unverified=args.allow_unverified_weights)
+    else:
+        model = create_model(args.model, device=args.device, **({"weights": args.weights} if args.weights else {}),
+                             **({"allow_unverified": True} if args.allow_unverified_weights else {}))
+    started = datetime.now(timezone.utc)
+    holder = {}
+
+    def meta(run) -> dict:
+        counts = {"inputs": run.inputs, "skipped": run.skipped, "repeated": run.repeated}
+        fields = score_run_meta(args, trained=trained, writer=holder["writer"], counts=counts, n_scored=run.scored,
+                                n_errors=run.errors, seconds=run.seconds, scoring_seconds=run.seconds, started=started)
+        fields["weights"]["sha256"] = identity["weights_sha256"]
+        fields.update(_environment(model.device), tiles={**{k: v for k, v in identity.items() if k != "model"},
+                      "tiles": run.tiles, "written": run.written, "already_present": run.present,
+                      "inputs_inside_tiles_dir_skipped": run.in_output})
+        holder["meta"] = fields
+        return fields
+
+    class _Output:  # what score_run_meta and score_run_outcome read of a writer (the manifest is run_tiles')
+        output = None
+        done_errors = 0
+
+    holder["writer"] = _Output()
+    run = run_tiles(args.inputs, model, size=args.size, stride=args.stride, top=args.top, min_score=args.min_score,
+                    nms=nms, out_dir=args.to, output=args.output, fmt=args.format, identity=identity,
+                    resume=args.resume, overwrite=args.overwrite, wait=args.wait, recursive=args.recursive,
+                    model_name=args.model, batch_size=args.batch_size, num_workers=args.workers,
+                    precision=args.precision, max_pixels=args.max_pixels, progress=not args.quiet, meta=meta)
+    holder["writer"].done_errors = run.done_errors
+    if run.in_output:
+        log.warning("%d inputs inside the tiles folder %s were left out", run.in_output, args.to)
+    more = (f"pyica: {run.tiles} tiles ({run.written} crops written, {run.present} already there) -> {args.to}",)
+    return score_run_outcome(args, holder["writer"], holder["meta"], run.first_error, more=more)
 
 
 def cmd_eval(args) -> int:

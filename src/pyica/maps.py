@@ -50,6 +50,7 @@ from .writers import replace_atomically
 
 __all__ = [
     "MIN_PATCH",
+    "square_grid",
     "patch_grid",
     "complexity_map",
     "PreparedMap",
@@ -65,6 +66,8 @@ __all__ = [
     "inputs_root",
     "map_stem",
     "map_paths",
+    "mirrored_base",
+    "check_inside",
     "write_map",
     "PNG_MARKER",
 ]
@@ -101,6 +104,20 @@ def _starts(length: int, side: int, stride: int) -> list[int]:
     return starts
 
 
+def square_grid(width: int, height: int, side: int, stride: int) -> tuple[list[Box], tuple[int, int]]:
+    """Squares of ``side`` px every ``stride`` px covering a ``width`` x ``height`` image, and the grid shape
+    ``(rows, cols)``: the last row and column are moved flush with the bottom/right border, so every pixel is
+    covered and no square reaches outside. Boxes are ``(left, top, right, bottom)``, row-major. ``side`` must
+    not exceed either image side (:func:`patch_grid` and :func:`pyica.tiling.tile_grid` decide what then)."""
+    width, height, side, stride = int(width), int(height), int(side), int(stride)
+    if not 1 <= side <= min(width, height):
+        raise ValueError(f"a {side} px square does not fit a {width}x{height} image")
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1 px, got {stride}")
+    xs, ys = _starts(width, side, stride), _starts(height, side, stride)
+    return [(x, y, x + side, y + side) for y in ys for x in xs], (len(ys), len(xs))
+
+
 def patch_grid(width: int, height: int, patch_fraction: float = 0.25,
                stride_fraction: float = 0.5) -> tuple[list[Box], tuple[int, int]]:
     """Square patches covering a ``width`` x ``height`` image, and the grid shape ``(rows, cols)``.
@@ -117,10 +134,7 @@ def patch_grid(width: int, height: int, patch_fraction: float = 0.25,
         raise ValueError(f"invalid image size {width}x{height}")
     short = min(width, height)
     side = min(short, max(MIN_PATCH, round(patch_fraction * short)))
-    stride = max(1, round(stride_fraction * side))
-    xs, ys = _starts(width, side, stride), _starts(height, side, stride)
-    boxes = [(x, y, x + side, y + side) for y in ys for x in xs]
-    return boxes, (len(ys), len(xs))
+    return square_grid(width, height, side, max(1, round(stride_fraction * side)))
 
 
 def complexity_map(model, image: Image.Image, patch_fraction: float = 0.25, stride_fraction: float = 0.5,
@@ -502,21 +516,28 @@ def map_paths(out_dir: str | os.PathLike, image_path: str | os.PathLike,
     The result is always inside ``out_dir`` (the relative part never holds ``..``). Both rules are
     deterministic, so a rerun replaces the same files.
     """
+    base = mirrored_base(out_dir, image_path, inputs_root)
+    return base.with_name(base.name + ".map.png"), base.with_name(base.name + ".map.npy")
+
+
+def mirrored_base(out_dir: str | os.PathLike, image_path: str | os.PathLike,
+                  inputs_root: str | os.PathLike | None = None, name: str | None = None) -> Path:
+    """The naming rule of :func:`map_paths` without the suffix: ``OUT/<folder relative to inputs_root>/NAME``,
+    or ``OUT/NAME.<8 hex digits of the path's SHA-1>`` for an image outside the root. ``NAME`` is
+    :func:`map_stem` unless ``name`` is given. Always inside ``out_dir`` (the relative part holds no ``..``)."""
     image = Path(os.path.abspath(image_path))
-    name = map_stem(image)
+    name = map_stem(image) if name is None else name
     rel = None
     if inputs_root is not None:
         with contextlib.suppress(ValueError):
             rel = image.relative_to(os.path.abspath(inputs_root))
     if rel is None or not rel.name or ".." in rel.parts:
         digest = hashlib.sha1(str(image).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-        base = Path(out_dir) / f"{name}.{digest}"
-    else:
-        base = Path(out_dir) / rel.parent / name
-    return base.with_name(base.name + ".map.png"), base.with_name(base.name + ".map.npy")
+        return Path(out_dir) / f"{name}.{digest}"
+    return Path(out_dir) / rel.parent / name
 
 
-def _inside(out_dir: Path, target: Path) -> None:
+def check_inside(out_dir: str | os.PathLike, target: Path, what: str = "maps") -> None:
     """Refuse ``target`` unless its folder, with every link resolved, lies inside ``out_dir``'s (the deepest
     existing ancestor is checked, since the rest is created as folders)."""
     root = os.path.realpath(out_dir)
@@ -525,7 +546,7 @@ def _inside(out_dir: Path, target: Path) -> None:
         folder = folder.parent
     real = os.path.realpath(folder)
     if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
-        raise ValueError(f"{target}: refused: its folder resolves to {real}, outside the maps folder {root}")
+        raise ValueError(f"{target}: refused: its folder resolves to {real}, outside the {what} folder {root}")
 
 
 def _replaceable(path: Path) -> None:
@@ -557,7 +578,7 @@ def write_map(out_dir: str | os.PathLike, image_path: str | os.PathLike, grid: n
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for target in (png, npy):
-        _inside(out_dir, target)
+        check_inside(out_dir, target)
         _replaceable(target)
     info = PngImagePlugin.PngInfo()
     info.add_text(PNG_MARKER, f"complexity map of {os.path.basename(os.fspath(image_path))}")
