@@ -222,12 +222,13 @@ def _pyarrow_parquet():
 
 
 def write_parquet(path: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Iterable[str] = SCORE_COLUMNS) -> None:
-    """Write ``rows`` (dicts) as one Parquet file, atomically. ``score`` is float64, the rest strings."""
+    """Write ``rows`` (dicts) as one Parquet file, atomically. ``score`` is float64, ``rank`` int64 (the
+    manifests of ``pyica select``), the rest strings."""
     pq = _pyarrow_parquet()
     import pyarrow as pa
 
     columns = list(columns)
-    types = {"score": pa.float64()}
+    types = {"score": pa.float64(), "rank": pa.int64()}
     schema = pa.schema([(c, types.get(c, pa.string())) for c in columns])
 
     def write(temp: str) -> None:
@@ -346,13 +347,15 @@ class OutputFile:
     ``OUT.meta.json`` and compared on ``resume``. ``reads`` are the files this job reads (the output
     must not be one of them). ``model`` (score files) refuses to resume a file holding rows of another
     model even when its sidecar is gone. After construction, ``done`` holds the paths already written.
+    ``columns`` are the columns of a Parquet output (written whole at the end from the part's JSONL rows).
     """
 
     def __init__(self, path: str | os.PathLike, fmt: str, *, identity: dict[str, Any] | None = None,
                  resume: bool = False, overwrite: bool = False, reads: Iterable[str | os.PathLike] = (),
-                 wait: bool = False, model: str | None = None):
+                 wait: bool = False, model: str | None = None, columns: Iterable[str] = SCORE_COLUMNS):
         self.path = Path(path)
         self.fmt = fmt
+        self.columns = tuple(columns)
         self.part_fmt = PART_FORMAT.get(fmt, fmt)  # the rows of OUT.part (JSONL while a Parquet job runs)
         self.identity = dict(identity or {}, format=fmt)
         self.part = self.path.with_name(self.path.name + ".part")
@@ -487,7 +490,7 @@ class OutputFile:
             os.fsync(self.stream.fileno())
             self.stream.close()
             if self.fmt == "parquet":  # written whole from the part's JSONL rows, then the part goes
-                write_parquet(self.path, iter_scores(self.part, "jsonl"))
+                write_parquet(self.path, iter_scores(self.part, "jsonl"), self.columns)
                 self.part.unlink()
             else:
                 os.replace(self.part, self.path)
