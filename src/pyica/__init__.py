@@ -9,6 +9,7 @@ The public API is small::
     for record in pyica.score(["photos/"]):          # batch scoring with DataLoader workers
         print(record.path, record.score, record.error)
     pyica.evaluate(predictions, human_scores)        # SRCC, PLCC, KRCC, RMSE, ...
+    pyica.select("scores.csv", top=100)              # rows of a score file: path, score, rank, reason
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ __all__ = [
     "load_image",
     "model_info",
     "score",
+    "select",
 ]
 
 
-_LAZY = {"ImageLoadError": "loading", "load_image": "loading"}  # name -> submodule, imported on first use
+# pyica.select is pyica.curation.select (a module named `select` would replace the function on import)
+_LAZY = {"ImageLoadError": "loading", "load_image": "loading", "select": "curation"}  # name -> submodule, imported on first use
 
 
 def __getattr__(name: str) -> Any:
