@@ -83,6 +83,19 @@ class SelectedRow:
         return asdict(self)
 
 
+@dataclass(slots=True)
+class _Row:
+    """A row as read: slots, not a dict, since a merged file may hold millions of them (all kept for ranking)."""
+
+    path: str
+    model: str | None
+    score: float | None
+    error: str | None
+    file: int  # index of the score file it came from
+    rank: int = 0
+    why: list[str] | None = None  # the filters it passed
+
+
 @dataclass
 class Selection:
     """What :func:`select_rows` found: the rows, and how many rows were left after each step."""
@@ -130,9 +143,8 @@ def _expand(files: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
-def _read_file(name: str) -> list[dict[str, Any]]:
-    """The rows of one score file as ``{"path", "model", "score", "error"}``; one line naming the file on
-    any problem."""
+def _read_file(name: str, index: int) -> list[_Row]:
+    """The rows of one score file (the ``index``-th); one line naming the file on any problem."""
     if os.path.isdir(name):
         raise ValueError(f"{name}: a folder, not a score file")
     if not os.path.exists(name):
@@ -160,8 +172,8 @@ def _read_file(name: str) -> list[dict[str, Any]]:
                     raise ValueError(f"{name}: score {score!r} of {shown(str(row['path']))} is not a number") from None
             model = row.get("model")
             error = row.get("error")
-            rows.append({"path": str(row["path"]), "model": str(model) if model not in (None, "") else None,
-                         "score": value, "error": str(error) if error not in (None, "") else None})
+            rows.append(_Row(str(row["path"]), str(model) if model not in (None, "") else None, value,
+                             str(error) if error not in (None, "") else None, index))
     except UnicodeDecodeError:
         raise ValueError(f"{name}: not a UTF-8 score file") from None
     except csv.Error as err:
@@ -172,29 +184,28 @@ def _read_file(name: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_all(files: list[str], model: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def _read_all(files: list[str], model: str | None) -> tuple[list[_Row], str | None]:
     """Rows of every file, of one model (``model``, or the files' only one); a path twice is refused."""
-    rows: list[dict[str, Any]] = []
-    for name in files:
-        for row in _read_file(name):
-            row["file"] = name
-            rows.append(row)
-    models = sorted({r["model"] for r in rows if r["model"] is not None})
+    rows: list[_Row] = []
+    for index, name in enumerate(files):
+        rows.extend(_read_file(name, index))
+    models = sorted({r.model for r in rows if r.model is not None})
     if model is not None:
         if model not in models:
             held = ", ".join(repr(m) for m in models) or "rows without a model column"
             raise ValueError(f"{', '.join(files)}: no rows of model {model!r} (the files hold {held})")
-        rows = [r for r in rows if r["model"] == model]
+        rows = [r for r in rows if r.model == model]
     elif len(models) > 1:
         raise ValueError(f"{', '.join(files)}: rows of {len(models)} models ({', '.join(map(repr, models))}); "
                          "choose one with -m/--model")
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for r in rows:
-        if r["path"] in seen:
-            where = r["file"] if seen[r["path"]] == r["file"] else f"{seen[r['path']]} and {r['file']}"
-            raise ValueError(f"{where}: {shown(r['path'])} is listed more than once; which score counts is "
+        if r.path in seen:
+            first, again = files[seen[r.path]], files[r.file]
+            where = again if first == again else f"{first} and {again}"
+            raise ValueError(f"{where}: {shown(r.path)} is listed more than once; which score counts is "
                              "ambiguous: remove the duplicates (or pyica merge the parts, which refuses overlaps)")
-        seen[r["path"]] = r["file"]
+        seen[r.path] = r.file
     return rows, (model if model is not None else (models[0] if models else None))
 
 
@@ -219,24 +230,33 @@ def split_member(path: str) -> tuple[str, str] | None:
     return first
 
 
-def _folder(path: str) -> str:
+def _absolute_folder(folder: str, cache: dict[str, str]) -> str:
+    """``os.path.abspath(folder)``, remembered: a file holds millions of paths in a few folders."""
+    found = cache.get(folder)
+    if found is None:
+        found = cache[folder] = os.path.abspath(folder)
+    return found
+
+
+def _folder(path: str, cache: dict[str, str]) -> str:
     """The group of ``path`` for ``per_folder``: its folder; a member's folder inside its archive."""
     split = split_member(path)
     if split is not None:
         archive, member = split
         inner = member.rsplit("/", 1)[0] if "/" in member else ""
         return f"{os.path.abspath(archive)}:{inner}"
-    return os.path.dirname(os.path.abspath(path))
+    return _absolute_folder(os.path.dirname(path), cache)
 
 
-def _anchor(path: str) -> str:
+def _anchor(path: str, cache: dict[str, str]) -> str:
     """The folder a source's copy is laid out from: a file's folder; an archive member's archive's folder."""
     split = split_member(path)
-    return os.path.dirname(os.path.abspath(path if split is None else split[0]))
+    return _absolute_folder(os.path.dirname(path if split is None else split[0]), cache)
 
 
 def _common_folder(paths: Iterable[str]) -> str | None:
-    anchors = {_anchor(p) for p in paths if "\0" not in p}
+    cache: dict[str, str] = {}
+    anchors = {_anchor(p, cache) for p in paths if "\0" not in p}
     return os.path.commonpath(sorted(anchors)) if anchors else None
 
 
@@ -299,36 +319,36 @@ def select_rows(scores: str | os.PathLike | Iterable[str | os.PathLike], *, mode
     bounds = _parse_quantile(quantile)
     _check_filters(min_score, max_score, bounds, top, bottom, balance, per_folder, errors)
     rows, chosen = _read_all(files, model)
-    scored = [r for r in rows if r["score"] is not None and math.isfinite(r["score"])]
-    failed = [r for r in rows if not (r["score"] is not None and math.isfinite(r["score"]))]
+    scored = [r for r in rows if r.score is not None and math.isfinite(r.score)]
+    failed = [r for r in rows if not (r.score is not None and math.isfinite(r.score))]
     result = Selection(rows=[], files=files, model=chosen, read=len(rows), scored=len(scored), errors=len(failed),
-                       root=_common_folder(r["path"] for r in rows))
+                       root=_common_folder(r.path for r in rows))
     if errors:
-        result.rows = [SelectedRow(r["path"], r["model"], None, None, "error",
-                                   r["error"] or ("score is not finite" if r["score"] is not None else None))
+        result.rows = [SelectedRow(r.path, r.model, None, None, "error",
+                                   r.error or ("score is not finite" if r.score is not None else None))
                        for r in failed]
         result.steps.append(("--errors", len(result.rows)))
         return result
 
-    def group_of(r) -> str:
-        return _folder(r["path"]) if per_folder else ""
+    folders: dict[str, str] = {}
 
-    groups: dict[str, list[dict[str, Any]]] = {}
+    def group_of(r: _Row) -> str:
+        return _folder(r.path, folders) if per_folder else ""
+
+    groups: dict[str, list[_Row]] = {}
     for r in scored:
         groups.setdefault(group_of(r), []).append(r)
-    rank: dict[int, int] = {}
     for members in groups.values():  # rank before any filter: where the image sits in its file (or folder)
-        for i, r in enumerate(sorted(members, key=lambda r: (-r["score"], r["path"])), 1):
-            rank[id(r)] = i
-    reasons: dict[int, list[str]] = {id(r): [] for r in scored}
+        for i, r in enumerate(sorted(members, key=lambda r: (-r.score, r.path)), 1):
+            r.rank = i
     where = " in its folder" if per_folder else ""
 
-    def keep(members: list, passed: Callable[[dict], str | None]) -> list:
+    def keep(members: list[_Row], passed: Callable[[_Row], str | None]) -> list[_Row]:
         out = []
         for r in members:
             why = passed(r)
             if why is not None:
-                reasons[id(r)].append(why)
+                r.why = [*(r.why or []), why]
                 out.append(r)
         return out
 
@@ -337,7 +357,7 @@ def select_rows(scores: str | os.PathLike | Iterable[str | os.PathLike], *, mode
         hi = math.inf if max_score is None else float(max_score)
         label = " and ".join(x for x in (f"score >= {_num(lo)}" if min_score is not None else "",
                                          f"score <= {_num(hi)}" if max_score is not None else "") if x)
-        groups = {g: keep(m, lambda r: label if lo <= r["score"] <= hi else None) for g, m in groups.items()}
+        groups = {g: keep(m, lambda r: label if lo <= r.score <= hi else None) for g, m in groups.items()}
         flags = " ".join(x for x in (f"--min {_num(lo)}" if min_score is not None else "",
                                      f"--max {_num(hi)}" if max_score is not None else "") if x)
         result.steps.append((flags, sum(map(len, groups.values()))))
@@ -345,16 +365,16 @@ def select_rows(scores: str | os.PathLike | Iterable[str | os.PathLike], *, mode
         def in_quantiles(members: list) -> list:
             if not members:
                 return members
-            values = sorted(r["score"] for r in members)
+            values = sorted(r.score for r in members)
             low, high = _quantile(values, bounds[0]), _quantile(values, bounds[1])
             label = f"quantile {bounds[0]:g}:{bounds[1]:g}{where}"
-            return keep(members, lambda r: label if low <= r["score"] <= high else None)
+            return keep(members, lambda r: label if low <= r.score <= high else None)
 
         groups = {g: in_quantiles(m) for g, m in groups.items()}
         result.steps.append((f"--quantile {bounds[0]:g}:{bounds[1]:g}", sum(map(len, groups.values()))))
     if top is not None or bottom is not None:
         def ends(members: list) -> list:
-            order = sorted(members, key=lambda r: (-r["score"], r["path"]))
+            order = sorted(members, key=lambda r: (-r.score, r.path))
             chosen_ids: dict[int, list[str]] = {}
             for r in order[:top or 0]:
                 chosen_ids.setdefault(id(r), []).append(f"top {top}{where}")
@@ -368,7 +388,7 @@ def select_rows(scores: str | os.PathLike | Iterable[str | os.PathLike], *, mode
         result.steps.append((flags, sum(map(len, groups.values()))))
     if balance is not None:
         def balanced(members: list) -> list:
-            order = sorted(members, key=lambda r: (r["score"], r["path"]))
+            order = sorted(members, key=lambda r: (r.score, r.path))
             n = len(order)
             if n <= balance:
                 picks = {id(r): f"balance {i + 1}/{n}{where}" for i, r in enumerate(order)}
@@ -382,9 +402,8 @@ def select_rows(scores: str | os.PathLike | Iterable[str | os.PathLike], *, mode
     if per_folder:
         result.steps[-1:] = [(result.steps[-1][0] + f" (per folder, {len(groups)} folders)", result.steps[-1][1])]
     for g in sorted(groups):
-        for r in sorted(groups[g], key=lambda r: (-r["score"], r["path"])):
-            result.rows.append(SelectedRow(r["path"], r["model"], r["score"], rank[id(r)],
-                                           "; ".join(reasons[id(r)]) or "scored", None))
+        for r in sorted(groups[g], key=lambda r: (-r.score, r.path)):
+            result.rows.append(SelectedRow(r.path, r.model, r.score, r.rank, "; ".join(r.why or ()) or "scored", None))
     return result
 
 
