@@ -385,6 +385,7 @@ def test_some_copies_failing_is_exit_1_with_each_failure_reported_all_failing_is
     assert "1 copied, 0 skipped (existing), 2 failed" in err[-1]
     assert main(["select", str(scores), "--top", "2", "--to", str(tmp_path / "b"), "--symlink"]) == 2
     assert "not linked" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # nothing done: the folder it made is gone again
 
 
 def test_archive_members_are_extracted_by_copy_and_never_linked(tmp_path, capsys):

@@ -760,6 +760,7 @@ def copy_selected(rows: Sequence[SelectedRow], dest: str | os.PathLike, *, mode:
                          "was copied; pyica never overwrites them: pass --skip-existing, or choose another --to")
     if os.path.lexists(dest) and not os.path.isdir(dest):
         raise ValueError(f"{dest}: --to must be a folder")
+    made = not os.path.lexists(dest)
     os.makedirs(dest, exist_ok=True)
     report = CopyReport(dest=dest, mode=mode)
     dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
@@ -776,6 +777,11 @@ def copy_selected(rows: Sequence[SelectedRow], dest: str | os.PathLike, *, mode:
             _copy_members(dest_fd, archive, wanted, skip_existing, report)
     finally:
         os.close(dest_fd)
+    if made and not report.written:  # every row failed: no empty DEST left behind (rmdir only removes it empty)
+        try:
+            os.rmdir(dest)
+        except OSError:
+            pass
     return report
 
 
