@@ -10,6 +10,7 @@ The public API is small::
         print(record.path, record.score, record.error)
     pyica.evaluate(predictions, human_scores)        # SRCC, PLCC, KRCC, RMSE, ...
     rows = pyica.tiles(["photos/"], size=512, top=8, to="crops/")  # the most complex tiles, as PNG crops
+    pyica.select("scores.csv", top=100)              # rows of a score file: path, score, rank, reason
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ __all__ = [
     "model_info",
     "score",
     "tiles",
+    "select",
 ]
 
 
-_LAZY = {"ImageLoadError": "loading", "load_image": "loading"}  # name -> submodule, imported on first use
+# pyica.select is pyica.curation.select (a module named `select` would replace the function on import)
+_LAZY = {"ImageLoadError": "loading", "load_image": "loading", "select": "curation"}  # name -> submodule, imported on first use
 
 
 def __getattr__(name: str) -> Any:

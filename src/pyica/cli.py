@@ -310,6 +310,72 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(
+        "select",
+        help="choose images from score files (range, top/bottom K, quantiles, per folder, balanced, errors); "
+             "list them, copy or link them",
+        description="Reads score files (CSV, TSV, JSONL or Parquet, e.g. the merged output of a sharded or Ray "
+                    "run), applies the filters in this order, each to what the previous one kept: --min/--max, "
+                    "--quantile, --top/--bottom, --balance (--per-folder: the last three within each source "
+                    "folder). Writes a manifest (path, model, score, rank, reason, error; CSV to stdout without "
+                    "-o and --to) and, with --to DIR, copies or links the images into DIR with their folder "
+                    "layout. The originals are only read; nothing is written outside DIR and no existing file is "
+                    "overwritten. Exit 0 when done, 1 when some copies failed (each reported), 2 when nothing "
+                    "was done (docs/curation.md).",
+    )
+
+    def finite(text: str) -> float:
+        """A finite number (``nan`` or ``inf`` as a bound would select nothing or everything)."""
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"expected a finite number, not {text!r}")
+        return value
+
+    p.add_argument("scores", nargs="+", metavar="SCORES",
+                   help="score files written by pyica score or merge (several are read as one), or manifests "
+                        "pyica select wrote")
+    p.add_argument("-m", "--model", help="select the rows of this model (needed when the files hold several)")
+    p.add_argument("--min", type=finite, dest="min_score", metavar="SCORE", help="keep scores >= SCORE")
+    p.add_argument("--max", type=finite, dest="max_score", metavar="SCORE", help="keep scores <= SCORE")
+    p.add_argument("--quantile", metavar="LO:HI",
+                   help="keep scores between the LO and HI quantiles, e.g. 0.9:1 (the most complex tenth)")
+    p.add_argument("--top", type=_count(1), metavar="K", help="keep the K highest scores")
+    p.add_argument("--bottom", type=_count(1), metavar="K", help="keep the K lowest scores (with --top: both ends)")
+    p.add_argument("--balance", type=_count(1), metavar="N",
+                   help="keep N images spread evenly over the score quantiles (the centre of each of N "
+                        "equal-count bins)")
+    p.add_argument("--per-folder", action="store_true",
+                   help="apply --quantile, --top/--bottom and --balance within each source folder (e.g. per "
+                        "class); a member of an archive: its folder inside the archive")
+    p.add_argument("--errors", action="store_true",
+                   help="select the rows that failed instead (no score filter), e.g. to copy them for a look")
+    p.add_argument("--to", metavar="DIR", help="copy (or link) the selected images into DIR, keeping their "
+                                               "folder layout (see --relative-to)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--copy", dest="mode", action="store_const", const="copy",
+                     help="copy the files (the default); archive members are extracted as ARCHIVE/MEMBER")
+    how.add_argument("--link", dest="mode", action="store_const", const="hardlink",
+                     help="hard links instead of copies (same file system; not for archive members)")
+    how.add_argument("--symlink", dest="mode", action="store_const", const="symlink",
+                     help="symbolic links to the originals instead of copies (not for archive members)")
+    p.add_argument("--relative-to", metavar="FOLDER",
+                   help="lay out the copies relative to FOLDER (default: the common folder of every path in the "
+                        "score files, so that the layout does not depend on the filters)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip a file that exists in DIR (default: refuse before copying anything); existing "
+                        "files are never overwritten")
+    p.add_argument("-o", "--output", help="manifest file to write (.csv, .tsv, .jsonl, .parquet)")
+    p.add_argument("--format", choices=("csv", "tsv", "jsonl", "parquet"), help="manifest format (default: from -o)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing manifest when this run finishes")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the rows left after each filter, the score range kept and what --to would copy; "
+                        "write nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary lines")
+    p.set_defaults(func=cmd_select, mode="copy")
+
+    p = sub.add_parser(
         "report",
         help="one self-contained HTML page of score files or eval results: gallery, histogram, scatter, errors",
         description="Writes one HTML page that works offline (thumbnails embedded, no request made): for score "
@@ -737,6 +803,75 @@ def cmd_summary(args) -> int:
     summary = summarize_scores(args.scores, top=args.top)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return EXIT_OK if summary["scored"] else EXIT_FAILED
+
+
+def cmd_select(args) -> int:
+    from .curation import (copy_selected, destinations_existing, open_manifest, plan_copies, select_rows, shown,
+                           write_manifest)
+    from .score_run import EXIT_SOME_FAILED
+
+    if args.output and args.dry_run:
+        raise ValueError("--dry-run writes nothing: leave out -o")
+    if args.to is None and args.mode != "copy":
+        raise ValueError("--link and --symlink make links in --to DIR: add --to")
+    selection = select_rows(args.scores, model=args.model, min_score=args.min_score, max_score=args.max_score,
+                            quantile=args.quantile, top=args.top, bottom=args.bottom, balance=args.balance,
+                            per_folder=args.per_folder, errors=args.errors)
+    rows = selection.rows
+    span = selection.score_range
+    kept = f", scores {span[0]:.6g}..{span[1]:.6g}" if span else ""
+    if args.dry_run:
+        files = f"{len(selection.files)} file{'s' if len(selection.files) != 1 else ''}"
+        model = f" (model {selection.model})" if selection.model else ""
+        print(f"read {selection.read} rows from {files}{model}: {selection.scored} scored, {selection.errors} errors")
+        for label, count in selection.steps:
+            print(f"after {label}: {count}")
+        print(f"kept {len(rows)} rows{kept}")
+        if args.to and rows:
+            plans = plan_copies(rows, args.relative_to or selection.root)
+            unsafe = sum(p.problem is not None for p in plans)
+            existing = len(destinations_existing(plans, args.to))
+            print(f"--to {shown(args.to)}: would {'copy' if args.mode == 'copy' else 'link'} "
+                  f"{len(plans) - unsafe - existing} files ({existing} exist already, {unsafe} cannot be placed "
+                  "safely)")
+        return EXIT_OK if rows else EXIT_FAILED
+    if not rows:
+        print(f"pyica: error: nothing selected ({selection.read} rows read, {selection.scored} scored); nothing "
+              "written", file=sys.stderr)
+        return EXIT_FAILED
+    if not args.quiet:
+        print(f"pyica: selected {len(rows)} of {selection.read} rows{kept}", file=sys.stderr)
+    manifest = None
+    if args.output:  # checked and locked before any copy, so that a refused manifest costs nothing
+        manifest = open_manifest(args.output, args.format, overwrite=args.overwrite, reads=selection.files,
+                                 identity={"command": "select"})
+    try:
+        report = None
+        if args.to:
+            report = copy_selected(rows, args.to, mode=args.mode, skip_existing=args.skip_existing,
+                                   relative_to=args.relative_to or selection.root)
+        if manifest is not None or not args.to:
+            meta = {"command": " ".join(["pyica", *map(shown, args.argv)]), "scores": selection.files,
+                    "model": selection.model, "steps": selection.steps}
+            write_manifest(rows, manifest, args.format, meta=meta)
+            manifest = None
+    finally:
+        if manifest is not None:  # the copies were refused or broke: no manifest of them is left behind
+            manifest.abort(discard=True)
+    if args.output and not args.quiet:
+        print(f"pyica: manifest -> {args.output}", file=sys.stderr)
+    if report is None:
+        return EXIT_OK
+    for path, problem in report.failed:
+        print(f"pyica: error: not {'copied' if args.mode == 'copy' else 'linked'}: {shown(path)}: {shown(problem)}",
+              file=sys.stderr)
+    if not args.quiet or report.failed:
+        done = {"copy": "copied", "hardlink": "hard-linked", "symlink": "linked"}[args.mode]
+        print(f"pyica: {report.written} {done}, {report.skipped} skipped (existing), {len(report.failed)} failed "
+              f"-> {args.to}", file=sys.stderr)
+    if report.failed:
+        return EXIT_SOME_FAILED if report.written or report.skipped else EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_report(args) -> int:
