@@ -161,10 +161,8 @@ def test_two_view_model_batches_mixed_shapes():
 
 # --- training CLI and shipped weights ------------------------------------------------------------------
 
-def test_train_writes_weights_and_card_that_verify_and_load(tmp_path, monkeypatch):
-    from pyica.cli import main
-    from pyica.models import effnet_ridge
-
+def _train_config(tmp_path, monkeypatch):
+    """A 30-image labelled folder and a config training the default head on it (96 px: fast)."""
     data = tmp_path / "data"
     data.mkdir()
     ds = _clutter_dataset(data, n=30, seed=3)
@@ -176,16 +174,129 @@ def test_train_writes_weights_and_card_that_verify_and_load(tmp_path, monkeypatc
     config.write_text(json.dumps({"model": "effnet_lite0_ridge.savoias", "dataset": "data/labels.csv",
                                   "root": "data", "output_dir": "weights",
                                   "evaluation": {"protocol": "random", "n_splits": 2, "val_fraction": 0.2}}))
+    return config, tmp_path / "weights" / "effnet_lite0_ridge.savoias.safetensors"
+
+
+def _verify_report(main, capsys, config, *device) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = main(["train", str(config), "--verify", "--workers", "0", "-q", *device])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_train_writes_weights_and_card_that_verify_and_load(tmp_path, monkeypatch, capsys):
+    from pyica.cli import main
+    from pyica.models import effnet_ridge
+    from pyica.runtime import describe_device, resolve_device
+
+    config, weights = _train_config(tmp_path, monkeypatch)
     assert main(["train", str(config), "--workers", "0", "-q"]) == 0
-    weights = tmp_path / "weights" / "effnet_lite0_ridge.savoias.safetensors"
     card = json.loads(weights.with_suffix(".json").read_text())
     assert card["weights"]["sha256"] == sha256_file(weights)
     assert card["evaluation"]["metrics"]["pooled"]["n_splits"] == 2
     assert card["preprocessing"]["views"][0]["size"] == 96 and card["score"]["range"] == [0.0, 1.0]
-    # deterministic: a refit reproduces the file within the tolerance
-    assert main(["train", str(config), "--verify", "--workers", "0", "-q"]) == 0
+    device = describe_device(resolve_device("auto"))
+    assert card["training"]["fit_device"] == device
+    # deterministic: a refit on the same device reproduces the file within the config's tolerance
+    code, report = _verify_report(main, capsys, config)
+    assert code == 0 and report["reproduced"], report
+    assert report["device"] == report["card_fit_device"] == device and report["same_device"]
+    assert report["tolerance"] == report["same_device_tolerance"] == 1e-4 and "note" not in report
     model = effnet_ridge.build_preset("effnet_lite0_ridge.savoias", weights=weights)
     assert model.fitted and float(model.weight.abs().sum()) > 0
+
+
+def test_verify_on_another_device_than_the_card_says_allows_the_cross_device_tolerance(tmp_path, monkeypatch,
+                                                                                       capsys):
+    from pyica.cli import main
+    from pyica.training.fit_head import CROSS_DEVICE_TOLERANCE
+
+    config, weights = _train_config(tmp_path, monkeypatch)
+    assert main(["train", str(config), "--workers", "0", "-q", "--no-eval", "--device", "cpu"]) == 0
+    card_file = weights.with_suffix(".json")
+    card = json.loads(card_file.read_text())
+    card["training"]["fit_device"] = "cuda (Some GPU)"  # the card only: the weights' sha256 still matches
+    card_file.write_text(json.dumps(card))
+    code, report = _verify_report(main, capsys, config, "--device", "cpu")
+    assert code == 0 and report["reproduced"]
+    assert report["device"] == "cpu" and report["card_fit_device"] == "cuda (Some GPU)" and not report["same_device"]
+    assert report["tolerance"] == CROSS_DEVICE_TOLERANCE > report["same_device_tolerance"] == 1e-4
+    assert "refitted on cpu, the card's head on cuda (Some GPU)" in report["note"]
+
+
+def test_verify_tolerance_follows_the_card_device():
+    from pyica.training.fit_head import CROSS_DEVICE_TOLERANCE, card_fit_device, verify_tolerance
+
+    assert verify_tolerance(1e-4, "cpu", "cpu") == 1e-4
+    assert verify_tolerance(1e-4, "cuda (NVIDIA H200)", "cpu") == CROSS_DEVICE_TOLERANCE
+    assert verify_tolerance(1e-4, "cuda (NVIDIA H200)", "cuda (NVIDIA A100)") == CROSS_DEVICE_TOLERANCE
+    assert verify_tolerance(1e-4, "cpu", None) == CROSS_DEVICE_TOLERANCE  # unrecorded: not assumed the same
+    assert verify_tolerance(1.0, "cpu", None) == 1.0  # a config's looser tolerance is kept
+    assert card_fit_device({"training": {"fit_device": "cuda (NVIDIA H200)"}}) == "cuda (NVIDIA H200)"
+    # cards written before the device was recorded: a CPU-only torch build fitted on the CPU
+    assert card_fit_device({"training": {"environment": {"torch": "2.13.0+cpu"}}}) == "cpu"
+    assert card_fit_device({"training": {"environment": {"torch": "2.13.0+cu128"}}}) is None
+    assert card_fit_device({}) is None
+
+
+def _float32_flags() -> tuple:
+    """(TF32 matmul, TF32 cuDNN conv, cuDNN deterministic, cuDNN benchmark), through torch's fp32_precision
+    API where it has one (reading the legacy flags then may raise)."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(getattr(b.cudnn, "conv", None), "fp32_precision"):
+        tf32 = (b.cuda.matmul.fp32_precision == "tf32", b.cudnn.conv.fp32_precision == "tf32")
+    else:
+        tf32 = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32)
+    return (*tf32, b.cudnn.deterministic, b.cudnn.benchmark)
+
+
+def test_full_float32_switches_tf32_off_and_restores_the_flags():
+    from pyica.runtime import full_float32
+
+    b = torch.backends
+    saved = (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.deterministic, b.cudnn.benchmark)
+    try:
+        # what `pyica pretrain` leaves behind on CUDA (legacy flags)
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.deterministic, b.cudnn.benchmark = True, True, False, True
+        with full_float32():
+            assert _float32_flags() == (False, False, True, False)
+        assert _float32_flags() == (True, True, False, True)
+        assert (b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32) == (True, True)  # the legacy flags read again
+        with pytest.raises(KeyError), full_float32():
+            raise KeyError("an extraction that fails")
+        assert _float32_flags() == (True, True, False, True)
+    finally:
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.deterministic, b.cudnn.benchmark = saved
+
+
+def test_describe_device_names_the_device_kind():
+    from pyica.runtime import describe_device
+
+    assert describe_device("cpu") == describe_device(torch.device("cpu")) == "cpu"
+    if torch.cuda.is_available():
+        assert describe_device("cuda") == f"cuda ({torch.cuda.get_device_name(0)})"
+
+
+def test_shipped_heads_were_fitted_on_the_cpu():
+    from pyica.training.fit_head import card_fit_device
+
+    for name in PRESETS:  # so a CPU --verify of them is held to the configs' own tolerance
+        assert card_fit_device(load_card(name)) == "cpu", name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_and_verify_on_cuda_reproduce(tmp_path, monkeypatch, capsys):
+    from pyica.cli import main
+    from pyica.runtime import describe_device
+
+    config, weights = _train_config(tmp_path, monkeypatch)
+    assert main(["train", str(config), "--workers", "0", "-q", "--device", "cuda"]) == 0
+    gpu = describe_device("cuda")
+    assert json.loads(weights.with_suffix(".json").read_text())["training"]["fit_device"] == gpu
+    code, report = _verify_report(main, capsys, config, "--device", "cuda")
+    assert code == 0 and report["same_device"] and report["tolerance"] == 1e-4, report
+    # the CUDA-fitted head refitted on the CPU: the cross-device tolerance (this measures it)
+    code, report = _verify_report(main, capsys, config, "--device", "cpu")
+    assert code == 0 and report["card_fit_device"] == gpu and not report["same_device"], report
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

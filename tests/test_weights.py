@@ -74,6 +74,8 @@ def test_damaged_or_swapped_weights_fail_naming_the_file(tmp_path, damage):
     (lambda c: {**c, "weights": {k: v for k, v in c["weights"].items() if k != "sha256"}}, "records no sha256"),
     (lambda c: {"weights": {"sha256": "0" * 64}}, "no known older layout"),
     (lambda c: [c], "must be a JSON object"),
+    (lambda c: {**c, "training": {"fit_device": 0}}, "malformed card: training: Value error, fit_device"),
+    (lambda c: {**c, "training": {"fit_device": " "}}, "malformed card: training: Value error, fit_device"),
 ])
 def test_card_errors_are_one_line_naming_the_card(tmp_path, edit, message):
     path = tmp_path / "toy.safetensors"
@@ -82,6 +84,14 @@ def test_card_errors_are_one_line_naming_the_card(tmp_path, edit, message):
     with pytest.raises(WeightsError, match=rf"^{tmp_path / 'toy.json'}: .*{message}") as e:
         load_weights(path)
     assert "\n" not in str(e.value)
+
+
+def test_card_records_the_fit_device_and_cards_without_one_still_load(tmp_path):
+    path = tmp_path / "toy.safetensors"
+    card = save_weights({"w": torch.ones(2)}, _card(training={"fit_device": "cuda (NVIDIA H200)"}), path)
+    assert load_weights(path)[1]["training"]["fit_device"] == card["training"]["fit_device"] == "cuda (NVIDIA H200)"
+    save_weights({"w": torch.ones(2)}, _card(training={"dataset": "toy"}), path)
+    assert "fit_device" not in load_weights(path)[1]["training"]
 
 
 def test_bad_json_and_missing_card(tmp_path):

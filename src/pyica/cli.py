@@ -263,8 +263,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="skip the split evaluation (the card then has no metrics)")
     p.add_argument("--verify", action="store_true",
                    help="refit and compare with existing weights: the shipped ones, or NAME.safetensors in "
-                        "--output-dir (max score difference vs the config's tolerance); exit 1 if they differ; "
-                        "writes nothing")
+                        "--output-dir (max score difference vs the config's tolerance, or the cross-device one "
+                        "when this device is not the one the card says the head was fitted on); exit 1 if they "
+                        "differ; writes nothing")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from the checkpoints in OUTPUT_DIR/checkpoints/ (without "
                         "--output-dir: the newest runs/NAME-* holding checkpoints; same data order; finished fits "

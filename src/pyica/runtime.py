@@ -1,14 +1,18 @@
 """Device selection and other process-wide runtime choices, including this process's place in a
-``torchrun`` launch (read here only, by :func:`torchrun_env`)."""
+``torchrun`` launch (read here only, by :func:`torchrun_env`), how a device is named in a card
+(:func:`describe_device`) and the CUDA numerics that a fitted head's features are computed under
+(:func:`full_float32`)."""
 
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 
-__all__ = ["resolve_device", "default_num_workers", "TorchrunEnv", "torchrun_env"]
+__all__ = ["resolve_device", "default_num_workers", "TorchrunEnv", "torchrun_env", "describe_device",
+           "full_float32"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -26,6 +30,62 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was requested but CUDA is not available")
     return dev
+
+
+def describe_device(device: str | torch.device) -> str:
+    """A device as a card names it: ``"cpu"``, ``"mps"``, or ``"cuda (NVIDIA H200)"`` (the GPU model, since
+    two GPU models may run different convolution kernels)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def _tf32_switches():
+    """``(getter, setter)`` of the float32 precision of CUDA matmuls and cuDNN convolutions: torch's
+    ``fp32_precision`` API where it has one (torch >= 2.9; mixing it with the legacy ``allow_tf32`` flags
+    makes torch raise when a flag is read), else the legacy flags."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
+        def get():
+            return matmul.fp32_precision, conv.fp32_precision
+
+        def set_(state):
+            matmul.fp32_precision, conv.fp32_precision = state
+
+        return get, set_, ("ieee", "ieee")
+
+    def get_legacy():
+        return matmul.allow_tf32, cudnn.allow_tf32
+
+    def set_legacy(state):
+        matmul.allow_tf32, cudnn.allow_tf32 = state
+
+    return get_legacy, set_legacy, (False, False)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Run CUDA float32 work in full float32 and with deterministic cuDNN kernels, restoring the
+    process's settings afterwards (also on an exception).
+
+    What a fitted head's features are computed under (:meth:`pyica.models.effnet_ridge.EffNetRidge.extract_features`):
+    TF32 (cuDNN's default for convolutions on Ampere and later) keeps 10 mantissa bits, errors of about
+    1e-3 that the ridge fit amplifies; cuDNN's autotuner (``benchmark``) may pick another kernel from one
+    run to the next. Off, a refit on one GPU reproduces the features up to float32 rounding, as on a
+    CPU. Settings are process-wide: another thread's CUDA work meanwhile runs under them too. No effect
+    on CPU work."""
+    get_precision, set_precision, full = _tf32_switches()
+    cudnn = torch.backends.cudnn
+    saved = get_precision(), cudnn.deterministic, cudnn.benchmark
+    try:
+        set_precision(full)
+        cudnn.deterministic, cudnn.benchmark = True, False
+        yield
+    finally:
+        set_precision(saved[0])
+        cudnn.deterministic, cudnn.benchmark = saved[1], saved[2]
 
 
 def default_num_workers() -> int:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .version import __version__
 from .writers import replace_atomically, write_json_atomic
@@ -80,12 +80,24 @@ class Card(_Open):
     architecture: Architecture
     preprocessing: dict[str, Any] = Field(default_factory=dict)
     score: Score | None = None  # None: not a scorer (a pretrained encoder)
-    training: dict[str, Any] | None = None  # data and protocol
+    training: dict[str, Any] | None = None  # data and protocol; ``fit_device``: see _check_training
     evaluation: dict[str, Any] | None = None  # measured metrics and the protocol that measured them
     licence: str | None = None  # of third-party weights inside the file, where that applies
     weights: WeightsFile
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    @field_validator("training")
+    @classmethod
+    def _check_training(cls, training):
+        # ``fit_device`` (pyica.runtime.describe_device: "cpu", "cuda (NVIDIA H200)"): where a head's
+        # features were computed, which `pyica train --verify` compares with its own device. Optional:
+        # cards written before it was recorded stay valid.
+        if training is not None and "fit_device" in training:
+            device = training["fit_device"]
+            if not isinstance(device, str) or not device.strip():
+                raise ValueError(f"fit_device must be a device name such as 'cpu', not {device!r}")
+        return training
 
     def to_dict(self) -> dict[str, Any]:
         """The card as its JSON file holds it (anything JSON lacks, e.g. a numpy float32, as a string,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import label_range
+from ..runtime import full_float32
 from ..weights import card_path_of, check_dtypes, load_weights, read_card
 from .base import ComplexityModel, list_collate, move_to_device, stack_collate
 from .effnet import LongestSideResize, SquareResize, StageFeatures, load_backbone, mean_std_pool, normalize_tf
@@ -270,7 +271,11 @@ class EffNetRidge(ComplexityModel):
     @torch.inference_mode()
     def extract_features(self, paths: Sequence[str], *, batch_size: int = 32, num_workers: int | None = None,
                          max_pixels: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict[str, str]]:
-        """Features of image files, ``(N, D)`` float32 with NaN rows where loading failed, and the errors."""
+        """Features of image files, ``(N, D)`` float32 with NaN rows where loading failed, and the errors.
+
+        These are what a head is fitted to, evaluated on and ``--verify``'d with, so on CUDA they are
+        computed without TF32 and with deterministic cuDNN kernels (:func:`~pyica.runtime.full_float32`):
+        a refit on the same GPU then reproduces them up to float32 rounding, as on a CPU."""
         from ..inputs import iter_batches
         from ..progress import progress_bar
 
@@ -285,7 +290,8 @@ class EffNetRidge(ComplexityModel):
                 for j, message in failed:
                     errors[paths[todo[j]]] = message
                 if indices:
-                    feats = self.features(move_to_device(batch, self.device)).float().cpu().numpy()
+                    with full_float32():
+                        feats = self.features(move_to_device(batch, self.device)).float().cpu().numpy()
                     for j, row in zip(indices, feats):
                         self._feature_cache[paths[todo[j]]] = row
                 bar.update(len(indices) + len(failed))
