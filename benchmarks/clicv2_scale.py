@@ -80,6 +80,7 @@ def parse_args(argv=None):
     g.add_argument("--cache-dir", type=Path, default=Path("/tmp/pyica-clicv2-scale"),
                    help="pretraining runs (reused when their settings match) and features; outside the repo")
     g.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
+    g.add_argument("--doc-only", action="store_true", help="only rewrite the docs section from --out's rows")
     g = p.add_argument_group("pretraining (CLICv2, ViT-Ti/32; clicv2_savoias's recipe)")
     g.add_argument("--minutes", type=float, default=50.0, help="pretraining budget (default 50)")
     g.add_argument("--steps", type=int, default=None, help="exactly this many steps instead of --minutes")
@@ -226,6 +227,8 @@ def standardise(x: np.ndarray) -> np.ndarray:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.doc_only:
+        return rewrite_doc(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_description()
@@ -262,12 +265,17 @@ def main(argv=None) -> int:
             "savoias_near_duplicates_in_corpus": near, "savoias_images": len(ds)}
     rows = []
 
+    def key(row) -> tuple:
+        return tuple(str(row[k]) for k in ("corpus", "image_size", "pretrain_steps", "features", "probe", "protocol"))
+
     def record(features_name, probe, protocol, result):
         row = {"features": features_name, "probe": probe, "protocol": protocol, **result, **base,
                "machine": machine, "command": args.command}
         rows.append(row)
         print(format_table([{k: row[k] for k in ("features", "probe", "protocol", "category_mean_srcc")}]), flush=True)
-        write_results_csv(rows, args.out)
+        mine = {key(r) for r in rows}  # rows of other runs (corpus, size, steps) are kept
+        old = [r for r in (read_results_csv(args.out) if args.out.exists() else []) if key(r) not in mine]
+        write_results_csv(old + rows, args.out)
 
     for protocol in ("random", "loco"):
         if "ridge" in args.probes:
@@ -289,32 +297,55 @@ def main(argv=None) -> int:
 
 
 def doc_text(rows: list[dict], corpus: dict, machine: str) -> str:
+    """The docs/benchmarks.md section: one table over every run in the CSV (by steps), and the held-out
+    categories of the longest run."""
     if not rows:
         return "No rows yet."
-    r0 = rows[0]
+    runs = sorted({int(r["pretrain_steps"]) for r in rows})
+    longest = [r for r in rows if int(r["pretrain_steps"]) == runs[-1]]
+    r0 = longest[0]
     kinds = ", ".join(f"{k} {v}" for k, v in corpus["summary"]["kinds"].items())
-    lines = [f"CLICv2 ViT-Ti/32 at {r0['image_size']} px pretrained on the Debian-package corpus "
-             f"({r0['corpus_images']} images: {kinds}; `benchmarks/build_corpus.py`, counts in "
-             f"[corpus_counts.csv](../benchmarks/results/corpus_counts.csv)) for {r0['pretrain_steps']} steps "
-             f"({r0['images_seen']} images seen, {r0['pretrain_minutes']} min on {r0['device']}); SAVOIAS images "
-             f"with a near-duplicate in the corpus: {r0['savoias_near_duplicates_in_corpus']}. Category-mean SRCC on "
-             f"SAVOIAS: `random` = 10 splits 8:2, `loco` = each category held out. Machine: {machine}. "
-             f"Command: `{r0['command']}`; rows in [clicv2_scale.csv](../benchmarks/results/clicv2_scale.csv).", "",
-             "| features | probe | random | loco |", "|---|---|---|---|"]
-    table: dict[tuple[str, str], dict[str, str]] = {}
+    run_notes = "; ".join(
+        f"{r['pretrain_steps']} steps: {r['images_seen']} images seen, {r['pretrain_minutes']} min of training on "
+        f"{r['device']}, `{r['command']}`"
+        for r in ({int(x["pretrain_steps"]): x for x in rows}[n] for n in runs))
+    lines = [f"CLICv2 ViT-Ti/32 at {r0['image_size']} px, batch 64, pretrained on the Debian-package corpus "
+             f"({r0['corpus_images']} images: {kinds}; stored at most 160 px; `benchmarks/build_corpus.py "
+             f"--max-side 160`, counts in [corpus_counts.csv](../benchmarks/results/corpus_counts.csv)). Runs: "
+             f"{run_notes}. SAVOIAS images with a near-duplicate in the corpus: "
+             f"{r0['savoias_near_duplicates_in_corpus']}. Category-mean SRCC on SAVOIAS: `random` = mean over 10 "
+             f"splits 8:2 of the mean within-category SRCC; `loco` = mean over the 7 categories, each held out in "
+             f"turn, of the SRCC inside it. Machine: {machine}. Rows in "
+             f"[clicv2_scale.csv](../benchmarks/results/clicv2_scale.csv).", "",
+             "| steps | features | probe | random | loco |", "|---|---|---|---|---|"]
+    table: dict[tuple[int, str, str], dict[str, str]] = {}
     for r in rows:
-        table.setdefault((r["features"], r["probe"]), {})[r["protocol"]] = r["category_mean_srcc"]
-    for (feat, probe), v in table.items():
-        lines.append(f"| {feat} | {probe} | {v.get('random', '')} | {v.get('loco', '')} |")
-    cats = sorted(json.loads(rows[0]["per_category_srcc"]))
-    lines += ["", "Per category, `loco` (each category held out; the probe never saw it):", "",
+        table.setdefault((int(r["pretrain_steps"]), r["features"], r["probe"]), {})[r["protocol"]] = r["category_mean_srcc"]
+    for (steps, feat, probe), v in sorted(table.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        lines.append(f"| {steps} | {feat} | {probe} | {_fmt(v.get('random'))} | {_fmt(v.get('loco'))} |")
+    cats = sorted(json.loads(r0["per_category_srcc"]))
+    lines += ["", f"Per category under `loco` ({runs[-1]} steps; the probe never saw the category it is tested on):", "",
               "| features | probe | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)]
-    for r in rows:
+    for r in longest:
         if r["protocol"] == "loco":
             per = json.loads(r["per_category_srcc"])
-            lines.append(f"| {r['features']} | {r['probe']} | " + " | ".join(f"{per.get(c, float('nan')):.3f}"
-                                                                           for c in cats) + " |")
+            lines.append(f"| {r['features']} | {r['probe']} | " + " | ".join(_fmt(per.get(c)) for c in cats) + " |")
     return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return ""
+
+
+def rewrite_doc(args) -> int:
+    """``--doc-only``: the docs section from the CSV as it stands."""
+    update_doc_section("clicv2-scale", doc_text(read_results_csv(args.out), corpus_info(args.corpus),
+                                                machine_description()))
+    print(f"rewrote the clicv2-scale section of docs/benchmarks.md from {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
