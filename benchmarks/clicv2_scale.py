@@ -81,6 +81,8 @@ def parse_args(argv=None):
                    help="pretraining runs (reused when their settings match) and features; outside the repo")
     g.add_argument("--no-doc", action="store_true", help="leave docs/benchmarks.md alone")
     g.add_argument("--doc-only", action="store_true", help="only rewrite the docs section from --out's rows")
+    g.add_argument("--ship", metavar="RUN", help="only copy RUN's encoder (a pretraining run folder) into "
+                   "src/pyica/assets/encoders with a card holding --out's probe rows of that run")
     g = p.add_argument_group("pretraining (CLICv2, ViT-Ti/32; clicv2_savoias's recipe)")
     g.add_argument("--minutes", type=float, default=50.0, help="pretraining budget (default 50)")
     g.add_argument("--steps", type=int, default=None, help="exactly this many steps instead of --minutes")
@@ -229,6 +231,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.doc_only:
         return rewrite_doc(args)
+    if args.ship:
+        return ship_encoder(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     machine = machine_description()
@@ -338,6 +342,62 @@ def _fmt(value) -> str:
         return f"{float(value):.3f}"
     except (TypeError, ValueError):
         return ""
+
+
+SHIPPED = "clicv2_vit_tiny.debian_corpus"
+
+
+def ship_encoder(args) -> int:
+    """``--ship RUN``: copy a pretraining run's encoder into the package's weights with a card that
+    says what it is, the corpus it saw, the licences of that corpus, and the probes measured above."""
+    from pyica.models.clicv2_probe import load_encoder as load
+    from pyica.weights import load_weights, save_weights
+
+    from benchmarks.common import REPO
+
+    run = Path(args.ship)
+    state, card = load_weights(run / "encoder.safetensors")
+    steps = card["training"]["steps"]
+    rows = [r for r in read_results_csv(args.out) if int(r["pretrain_steps"]) == steps]
+    if not rows:
+        raise SystemExit(f"{args.out} has no probe rows of a {steps}-step run: run the benchmark first")
+    corpus = corpus_info(args.corpus)["summary"]
+    metrics = {f"{r['features']}|{r['probe']}|{r['protocol']}": {
+        "category_mean_srcc": float(r["category_mean_srcc"]),
+        "per_category_srcc": json.loads(r["per_category_srcc"])} for r in rows}
+    licences = sorted({lic for src in corpus["sources"].values() for lic in src.get("licences", {})})
+    training = {k: v for k, v in card["training"].items() if k not in ("data", "config", "log", "checkpoint")}
+    training["data"] = {
+        "corpus": f"Debian-package corpus, {corpus['images']} images at most {corpus['max_side']} px "
+                  "(benchmarks/build_corpus.py; no SAVOIAS image, checked by near-duplicate search)",
+        "sources": {p: {"version": v["version"], "kind": v["kind"], "kept": v.get("kept", 0)}
+                    for p, v in corpus["sources"].items()},
+        "command": corpus["command"]}
+    training["recipe"] = card["training"]["config"]
+    new_card = {
+        "name": SHIPPED, "architecture": card["architecture"], "preprocessing": card.get("preprocessing") or {},
+        "description": ("CLICv2 ViT-Ti/32 encoder (128 px) pretrained without labels on the Debian-package corpus: "
+                        "a research starting point for probes (pyica.training.probe), not a complexity scorer. "
+                        "The frozen mean patch token ranks SAVOIAS complexity better than a randomly initialised "
+                        "encoder but far below ImageNet EfficientNet features (see evaluation)."),
+        "training": training,
+        "evaluation": {"dataset": "savoias", "command": rows[0]["command"],
+                       "protocols": "random: 10 splits 8:2, mean within-category SRCC; loco: each category held "
+                                    "out, SRCC inside it, averaged",
+                       "probes": "ridge: closed form, penalty on validation (loco: by leaving training categories "
+                                 "out); sgd: the paper's linear probe",
+                       "metrics": metrics},
+        "licence": ("pyica's code is Apache-2.0. These weights were learned from images whose Debian packages "
+                    "state these licences: " + "; ".join(licences) + ". Whether weights trained on them are a "
+                    "derived work is not settled; use them for research, and see the corpus manifest for each "
+                    "image's licence."),
+        "use": "pyica.models.clicv2_probe.load_encoder(path) -> (frozen ViT, info); probe it with "
+               "pyica.training.probe.ProbeTrainer (benchmarks/clicv2_scale.py shows how)"}
+    dest = REPO / "src" / "pyica" / "assets" / "encoders" / f"{SHIPPED}.safetensors"  # not a scorer: beside the heads
+    written = save_weights(state, new_card, dest)
+    load(dest)  # loads as an encoder, sha256 checked
+    print(f"shipped {dest} ({written['weights']['sha256'][:12]}...), {steps} steps")
+    return 0
 
 
 def rewrite_doc(args) -> int:

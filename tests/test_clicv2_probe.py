@@ -299,3 +299,26 @@ def test_tsne_plot_writes_png(tmp_path):
     path = tmp_path / "tsne.png"
     xy = tsne_plot(features, rng.random(15), np.array(["a", "b", "c"] * 5), path, perplexity=4, title="toy")
     assert xy.shape == (15, 2) and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the shipped encoder (benchmarks/clicv2_scale.py --ship) ---------------------------------------------
+
+SHIPPED_ENCODERS = sorted((Path(__file__).resolve().parents[1] / "src" / "pyica" / "assets" / "encoders").glob("*.json"))
+
+
+@pytest.mark.parametrize("card_file", SHIPPED_ENCODERS, ids=[p.stem for p in SHIPPED_ENCODERS])
+def test_shipped_encoder_loads_verified_and_its_card_says_what_it_is(card_file):
+    from pyica.models.clicv2_probe import load_encoder
+
+    encoder, info = load_encoder(card_file.with_suffix(".safetensors"))  # sha256 checked against the card
+    card = json.loads(card_file.read_text())
+    assert info["sha256"] == card["weights"]["sha256"]
+    # what it learned from, under which licences, and what was measured
+    assert "Debian-package corpus" in card["training"]["data"]["corpus"]
+    assert "research" in card["licence"] and "GPL" in card["licence"]
+    metrics = card["evaluation"]["metrics"]
+    pre, rnd = (metrics[f"clicv2_{kind}:mean|ridge|loco"]["category_mean_srcc"] for kind in ("pretrained", "random"))
+    assert pre > rnd  # shipped because it beats random init on held-out categories
+    size = card["architecture"]["arguments"]["image_size"]
+    tokens = encoder(torch.rand(2, 3, size, size))
+    assert torch.isfinite(tokens).all() and tokens.shape[0] == 2
