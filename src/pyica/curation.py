@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import stat
 import sys
@@ -51,10 +50,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
+from .archive_names import split_archive_member
 from .writers import PART_FORMAT, OutputFile, infer_format, iter_scores, text_safe
 
 __all__ = ["SelectedRow", "Selection", "CopyReport", "MANIFEST_COLUMNS", "COPY_MODES", "select", "select_rows",
-           "copy_selected", "plan_copies", "destinations_existing", "open_manifest", "write_manifest", "split_member",
+           "copy_selected", "plan_copies", "destinations_existing", "open_manifest", "write_manifest",
            "shown"]
 
 log = logging.getLogger("pyica")
@@ -63,7 +63,6 @@ MANIFEST_COLUMNS = ("path", "model", "score", "rank", "reason", "error")
 COPY_MODES = ("copy", "hardlink", "symlink")
 
 # Archive names as `pyica score` reads them (pyica.inputs, which imports torch, so repeated here as data).
-_ARCHIVE_COLON = re.compile(r"\.(?:tar|zip|tar\.gz|tgz|tar\.bz2|tbz2|tar\.xz|txz):", re.IGNORECASE)
 _CHUNK = 1 << 20
 
 
@@ -212,24 +211,6 @@ def _read_all(files: list[str], model: str | None) -> tuple[list[_Row], str | No
 # --- selecting -------------------------------------------------------------------------------------------
 
 
-def split_member(path: str) -> tuple[str, str] | None:
-    """``(archive, member)`` for an ``ARCHIVE:MEMBER`` name (``/d/x.tar:a/b.png``), else ``None``.
-
-    A file that exists under the whole name is a plain file. Otherwise the first ``.tar:``, ``.zip:``, ...
-    whose prefix is an existing file splits the name; when no prefix exists, the first one does (the
-    archive is then reported missing when it is read)."""
-    matches = list(_ARCHIVE_COLON.finditer(path))
-    if not matches or os.path.lexists(path):  # the name alone says most rows are plain files: no stat
-        return None
-    first = None
-    for m in matches:
-        archive, member = path[:m.end() - 1], path[m.end():]
-        if os.path.isfile(archive):
-            return archive, member
-        first = first or (archive, member)
-    return first
-
-
 def _absolute_folder(folder: str, cache: dict[str, str]) -> str:
     """``os.path.abspath(folder)``, remembered: a file holds millions of paths in a few folders."""
     found = cache.get(folder)
@@ -240,7 +221,7 @@ def _absolute_folder(folder: str, cache: dict[str, str]) -> str:
 
 def _folder(path: str, cache: dict[str, str]) -> str:
     """The group of ``path`` for ``per_folder``: its folder; a member's folder inside its archive."""
-    split = split_member(path)
+    split = split_archive_member(path)
     if split is not None:
         archive, member = split
         inner = member.rsplit("/", 1)[0] if "/" in member else ""
@@ -250,7 +231,7 @@ def _folder(path: str, cache: dict[str, str]) -> str:
 
 def _anchor(path: str, cache: dict[str, str]) -> str:
     """The folder a source's copy is laid out from: a file's folder; an archive member's archive's folder."""
-    split = split_member(path)
+    split = split_archive_member(path)
     return _absolute_folder(os.path.dirname(path if split is None else split[0]), cache)
 
 
@@ -536,7 +517,7 @@ def plan_copies(rows: Sequence[SelectedRow], relative_to: str | os.PathLike | No
         if "\0" in row.path:
             plan.problem = "the name holds a NUL character"
         else:
-            split = split_member(row.path)
+            split = split_archive_member(row.path)
             if split is None:
                 plan.source = os.path.abspath(row.path)
             else:

@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .archive_names import archive_kind, is_archive
 from .loading import ImageLoadError, image_extensions, load_image
 from .runtime import default_num_workers
 
@@ -337,7 +338,7 @@ class ShardReader:
             self._open.popitem()[1].close()
 
 
-#: Compressed tar suffixes -> how to open their decompressed stream.
+#: Compressed tar suffixes (:data:`pyica.archive_names.COMPRESSED_TAR_SUFFIXES`) -> how to open their stream.
 _COMPRESSED_TARS: dict[str, Callable[[Any], Any]] = {
     ".tar.gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
     ".tgz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
@@ -346,21 +347,6 @@ _COMPRESSED_TARS: dict[str, Callable[[Any], Any]] = {
     ".tar.xz": lambda f: lzma.LZMAFile(f, mode="rb"),
     ".txz": lambda f: lzma.LZMAFile(f, mode="rb"),
 }
-
-
-def _archive_kind(path: str) -> str | None:
-    """``"tar"``, ``"zip"``, a key of :data:`_COMPRESSED_TARS`, or ``None`` for any other name."""
-    lower = path.lower()
-    if lower.endswith(".tar"):
-        return "tar"
-    if lower.endswith(".zip"):
-        return "zip"
-    return next((suffix for suffix in _COMPRESSED_TARS if lower.endswith(suffix)), None)
-
-
-def is_archive(path: str) -> bool:
-    """Whether ``path`` names an archive :func:`iter_image_paths` reads members of (.tar, .tar.gz, .tgz, .zip, ...)."""
-    return _archive_kind(path) is not None
 
 
 def _too_large(name: str, size: int) -> UnreadableInput:
@@ -587,7 +573,7 @@ def iter_image_paths(inputs: Iterable[str | os.PathLike], recursive: bool = True
         for item in expand_input(os.fsdecode(raw)):
             path = os.path.abspath(item)
             problem = _link_problem(path)
-            kind = _archive_kind(path)
+            kind = archive_kind(path)
             if problem:
                 yield UnreadableInput(path, problem)
             elif os.path.isdir(path):
@@ -619,7 +605,7 @@ def count_inputs(inputs: Iterable[str | os.PathLike], recursive: bool = True) ->
         if os.fsdecode(raw) == STDIN:
             return None
         for item in expand_input(os.fsdecode(raw)):
-            kind = _archive_kind(item)
+            kind = archive_kind(item)
             if kind not in (None, "tar", "zip") and os.path.isfile(item):
                 return None  # a compressed tar would have to be decompressed to count its members
             total += sum(1 for _ in iter_image_paths([item], recursive=recursive))

@@ -27,7 +27,7 @@ import torch
 from .inputs import iter_loaded
 from .progress import progress_bar
 
-__all__ = ["ScoreRecord", "score_paths", "inputs_to_score", "score_paths_with_maps", "MapTimes", "MAP_IMAGES_PER_BATCH", "PRECISIONS", "parse_shard", "rank_output_path"]
+__all__ = ["ScoreRecord", "score_paths", "inputs_to_score", "score_paths_with_maps", "MapTimes", "MAP_IMAGES_PER_BATCH", "PRECISIONS", "precision_context", "parse_shard", "rank_output_path"]
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,23 +123,27 @@ def score_paths_with_maps(
                        total=total, transform=transform, collate=collate, after=after, prefetch_factor=2)
 
 
+def precision_context(model, precision: str):
+    """The autocast context that runs ``model``'s forwards at ``precision`` (a key of :data:`PRECISIONS`;
+    fp32, and devices autocast does not serve, run as they are); a bad value is a :class:`ValueError`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    dtype, device = PRECISIONS[precision], model.device
+    if dtype is None or device.type not in ("cuda", "cpu"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def _scored(paths, model, *, batch_size, num_workers, precision, max_pixels, progress, model_name, total,
             transform=None, collate=None, after=None, prefetch_factor=4) -> Iterator[tuple[ScoreRecord, Any]]:
     """``(record, extra)`` in input order; with ``after``, the collated batch is ``(scores' batch, extras)``
     and ``after(extras)`` runs before the batch's records are yielded (extras of failed inputs: ``None``)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    autocast = precision_context(model, precision)
     name = model_name or getattr(model, "name", type(model).__name__)
     device = model.device
     batches = iter_loaded(paths, transform or model.transform, collate or model.collate, batch_size=batch_size,
                           num_workers=num_workers, max_pixels=max_pixels, pin_memory=device.type == "cuda",
                           prefetch_factor=prefetch_factor)
-    dtype = PRECISIONS[precision]
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=dtype)
-        if dtype is not None and device.type in ("cuda", "cpu")
-        else contextlib.nullcontext()
-    )
     if total is None and hasattr(paths, "__len__"):
         total = len(paths)
     bar = progress_bar(total, progress)

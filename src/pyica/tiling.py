@@ -54,9 +54,11 @@ import torch
 from PIL import Image
 
 from . import maps
-from .inputs import is_archive, iter_loaded
+from .archive_names import split_archive_member
+from .inputs import count_inputs, iter_loaded
 from .progress import progress_bar
-from .writers import OutputFile, infer_format, iter_scores, text_safe, write_text_atomic
+from .scoring import inputs_to_score, precision_context
+from .writers import OutputFile, current_umask, infer_format, iter_scores, text_safe, write_text_atomic
 
 __all__ = ["COLUMNS", "DEFAULT_NMS", "TileRow", "tile_grid", "iou", "select_tiles", "tile_path", "write_new_png",
            "TileInputs", "TileRun", "tile_paths", "run_tiles"]
@@ -136,16 +138,6 @@ def select_tiles(boxes: Sequence[Box], scores: Sequence[float], *, top: int | No
     return kept
 
 
-def _archive_split(path: str) -> tuple[str, str] | None:
-    """``(archive, member)`` of an ``ARCHIVE:MEMBER`` input name, else ``None``."""
-    start = 0
-    while (cut := path.find(":", start)) >= 0:
-        if is_archive(path[:cut]) and os.path.isfile(path[:cut]):
-            return path[:cut], path[cut + 1:]
-        start = cut + 1
-    return None
-
-
 def tile_path(out_dir: str | os.PathLike, source: str, box: Box, inputs_root: str | None = None) -> Path:
     """Where the crop of ``box`` from ``source`` goes: ``OUT/<folder relative to the inputs' common folder>/
     NAME__x{X}_y{Y}_s{S}.png``, NAME the file name without extension (:func:`pyica.maps.map_stem`: with it when
@@ -155,7 +147,7 @@ def tile_path(out_dir: str | os.PathLike, source: str, box: Box, inputs_root: st
     dropped, so no member name leads outside ``OUT``."""
     x, y, right, _ = box
     suffix = f"__x{x}_y{y}_s{right - x}.png"
-    member = _archive_split(source)
+    member = split_archive_member(source)
     if member is None:
         base = maps.mirrored_base(out_dir, source, inputs_root)
         return base.with_name(base.name + suffix)
@@ -197,7 +189,7 @@ def write_new_png(out_dir: str | os.PathLike, target: Path, image: Image.Image) 
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(temp, 0o666 & ~_umask())
+        os.chmod(temp, 0o666 & ~current_umask())
         try:
             os.link(temp, target)  # atomic, and fails when the name exists (a rename would replace it)
         except FileExistsError:
@@ -210,12 +202,6 @@ def write_new_png(out_dir: str | os.PathLike, target: Path, image: Image.Image) 
         with contextlib.suppress(OSError):
             os.unlink(temp)
     return "written"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 @dataclass(frozen=True)
@@ -248,17 +234,6 @@ class TileInputs:
 
 def _as_list(items):
     return list(items)
-
-
-def _precision_context(model, precision: str):
-    from .scoring import PRECISIONS
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    dtype, device = PRECISIONS[precision], model.device
-    if dtype is None or device.type not in ("cuda", "cpu"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _image_rows(model_name: str, source: str, prepared, pixels, *, top, min_score, nms, out_dir, inputs_root,
@@ -297,7 +272,7 @@ def tile_paths(paths: Iterable[str], model, *, size: int, stride: int | None = N
     stats.setdefault("present", 0)
     stride = int(size) if stride is None else int(stride)
     tile_grid(size, size, size, stride)  # refuses a size or stride below 1 before any work
-    context = _precision_context(model, precision)
+    context = precision_context(model, precision)
     batches = iter_loaded(paths, TileInputs(model.transform, int(size), stride), _as_list,
                           batch_size=TILE_IMAGES_PER_BATCH, num_workers=num_workers, max_pixels=max_pixels,
                           pin_memory=False, prefetch_factor=2)
@@ -417,7 +392,7 @@ def _outside(out_dir: str | None, paths: Iterable[str], run: TileRun) -> Iterato
         return
     root = os.path.realpath(out_dir).rstrip(os.sep) + os.sep
     for path in paths:
-        split = _archive_split(path)
+        split = split_archive_member(path)
         real = os.path.realpath(split[0] if split else path)
         if real.startswith(root):
             run.in_output += 1
@@ -435,9 +410,6 @@ def run_tiles(inputs: Sequence[str], model, *, size: int = 512, stride: int | No
     """Tile ``inputs`` (files, folders, manifests, archives) with ``model``: crops into ``out_dir`` (none when
     ``None``), rows into the manifest ``output`` (none when ``None``; resumable), the rows themselves in the
     result when ``collect``. ``meta(run)``: the sidecar's fields at the end."""
-    from .inputs import count_inputs
-    from .scoring import inputs_to_score
-
     if top is not None and top < 1:
         raise ValueError(f"top must be at least 1, got {top}")
     if nms is not None and not 0.0 <= nms <= 1.0:

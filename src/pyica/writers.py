@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 __all__ = ["ScoreWriter", "OutputFile", "OutputRefused", "read_scores", "iter_scores", "write_parquet", "write_json_atomic",
            "write_text_atomic", "replace_atomically", "infer_format", "FORMATS", "SCORE_COLUMNS", "drop_torn_tail",
-           "text_safe"]
+           "text_safe", "current_umask"]
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SCORE_COLUMNS = ("path", "model", "score", "error")
@@ -88,7 +88,7 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], su
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; the result should be like any file the user writes
+        os.chmod(temp, 0o666 & ~current_umask())  # mkstemp makes 0600; the result should be like any file the user writes
         write(temp)
         with open(temp, "rb") as f:
             os.fsync(f.fileno())
@@ -99,7 +99,7 @@ def replace_atomically(path: str | os.PathLike, write: Callable[[str], None], su
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; restored at once
     os.umask(mask)
     return mask
