@@ -207,14 +207,13 @@ def sgd_probe(encoder, info, ds, protocol: str, cache: TokenCache, args) -> dict
     trainer = ProbeTrainer(make_builder(encoder, info, "linear_mean", args), probe_recipe(args), cache=cache)
     result = run_protocol("clicv2_probe.vit_tiny", ds, model=trainer, protocol=protocol, n_splits=args.splits,
                           seed=args.seed, test_fraction=0.2, val_fraction=0.1, num_workers=args.workers)
-    rows = summarise(result.rows)
-    by_cat = {r["category"]: r for r in rows}
     if protocol == "loco":
         # a held-out category is the whole test part: its SRCC is the split's "pooled" row
         held = {r["split"].removeprefix("loco_"): r["srcc"] for r in result.rows if r["category"] == "pooled"}
         mean = float(np.mean(list(held.values())))
         return {"category_mean_srcc": round(mean, 4), "category_mean_srcc_std": "",
                 "per_category_srcc": json.dumps({c: round(float(v), 4) for c, v in sorted(held.items())})}
+    by_cat = {r["category"]: r for r in summarise(result.rows)}
     return {"category_mean_srcc": round(float(by_cat["category_mean"]["srcc_mean"]), 4),
             "category_mean_srcc_std": round(float(by_cat["category_mean"]["srcc_std"]), 4),
             "per_category_srcc": json.dumps({c: round(float(r["srcc_mean"]), 4) for c, r in sorted(by_cat.items())
